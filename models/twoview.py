@@ -1,0 +1,254 @@
+"""`TwoViewNet`: two DenseNet121 branches (frontal, lateral) and a joint head, routed per sample.
+
+Each branch is MONAI's DenseNet split after dense block 3 into a `trunk` and a `tail`. A batch
+row runs only the trunks of the views it has; two-view rows also concatenate their block-3 maps
+and run the `joint` fusion path. Heads that did not run on a row give NaN there.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+from monai.networks.nets import DenseNet
+from monai.networks.nets.densenet import _DenseBlock, _Transition
+from torch import Tensor, nn
+
+from models.config import ModelConfig
+from models.errors import ModelError
+
+__all__ = ["HEADS", "Route", "RoutingError", "TwoViewNet", "ViewLogits"]
+
+HEADS = ("frontal", "lateral", "joint")
+
+
+class RoutingError(ModelError, ValueError):
+    """A batch row that has neither view, or masks that do not fit the batch."""
+
+
+class Route(IntEnum):
+    """Which head gave a row's final prediction."""
+
+    JOINT = 0
+    FRONTAL = 1
+    LATERAL = 2
+
+
+@dataclass
+class ViewLogits:
+    """Per-head logits `[B, K]` (NaN where a head did not run), the final logits and each row's route."""
+
+    frontal: Tensor
+    lateral: Tensor
+    joint: Tensor
+    final: Tensor
+    route: Tensor  # [B] int64 codes of `Route`
+
+    def head(self, name: str) -> Tensor:
+        if name not in (*HEADS, "final"):
+            raise KeyError(f"unknown head {name!r}; choose one of: {', '.join((*HEADS, 'final'))}")
+        return getattr(self, name)
+
+    @property
+    def routes(self) -> list[str]:
+        return [Route(int(code)).name.lower() for code in self.route]
+
+    def sigmoid(self) -> ViewLogits:
+        """The same structure holding probabilities (NaN stays NaN)."""
+        return ViewLogits(*(torch.sigmoid(getattr(self, n)) for n in (*HEADS, "final")), route=self.route)
+
+    def detach(self) -> ViewLogits:
+        return ViewLogits(*(getattr(self, n).detach() for n in (*HEADS, "final")), route=self.route.detach())
+
+
+class _Head(nn.Sequential):
+    """relu -> global average pool -> dropout -> linear: DenseNet's classifier, one logit per label."""
+
+    def __init__(self, channels: int, num_labels: int, dropout: float) -> None:
+        super().__init__(
+            OrderedDict(
+                relu=nn.ReLU(),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(1),
+                dropout=nn.Dropout(dropout),
+                out=nn.Linear(channels, num_labels),
+            )
+        )
+        nn.init.zeros_(self.out.bias)
+
+
+class _Branch(nn.Module):
+    """One view's DenseNet: `trunk` (stem .. dense block 3), `tail` (transition 3, block 4, norm), `head`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        densenet = DenseNet(
+            spatial_dims=2,
+            in_channels=config.in_channels,
+            out_channels=config.num_labels,
+            init_features=config.init_features,
+            growth_rate=config.growth_rate,
+            block_config=config.block_config,
+            bn_size=config.bn_size,
+            dropout_prob=config.dropout,
+        )
+        layers = OrderedDict(densenet.features.named_children())
+        tail_names = ("transition3", "denseblock4", "norm5")
+        self.trunk = nn.Sequential(OrderedDict((k, v) for k, v in layers.items() if k not in tail_names))
+        self.tail = nn.Sequential(OrderedDict((k, layers[k]) for k in tail_names))
+        self.head = _Head(densenet.class_layers.out.in_features, config.num_labels, config.head_dropout)
+
+
+class _Fusion(nn.Module):
+    """The joint path: concatenated block-3 maps -> transition -> dense block -> norm -> head."""
+
+    def __init__(self, config: ModelConfig, trunk_channels: int) -> None:
+        super().__init__()
+        mid = trunk_channels // 2  # as DenseNet's transition 3, so block 4 weights can start it
+        out = mid + config.fusion_layers * config.growth_rate
+        self.fusion = nn.Sequential(
+            OrderedDict(
+                transition=_Transition(2, in_channels=2 * trunk_channels, out_channels=mid),
+                denseblock=_DenseBlock(
+                    2,
+                    layers=config.fusion_layers,
+                    in_channels=mid,
+                    bn_size=config.bn_size,
+                    growth_rate=config.growth_rate,
+                    dropout_prob=config.dropout,
+                ),
+                norm=nn.BatchNorm2d(out),
+            )
+        )
+        self.head = _Head(out, config.num_labels, config.head_dropout)
+        for m in self.fusion.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, frontal_maps: Tensor, lateral_maps: Tensor) -> Tensor:
+        x = torch.cat([frontal_maps, lateral_maps], dim=1)  # [Bj, 2C, H/16, W/16]
+        return self.head(self.fusion(x))  # [Bj, K]
+
+
+def trunk_channels(config: ModelConfig) -> int:
+    """Channels of the block-3 feature map of a DenseNet with this config."""
+    channels = config.init_features
+    for i, layers in enumerate(config.block_config[:3]):
+        channels += layers * config.growth_rate
+        if i < 2:
+            channels //= 2
+    return channels
+
+
+class TwoViewNet(nn.Module):
+    """Frontal and lateral DenseNet branches with a joint head; each batch row takes its own route."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.frontal = _Branch(self.config)
+        self.lateral = copy.deepcopy(self.frontal)  # same start, independent parameters
+        self.joint = _Fusion(self.config, trunk_channels(self.config))
+        self.inference_dtype: torch.dtype | None = None
+
+    def forward(
+        self, frontal: Tensor, lateral: Tensor, has_frontal: Tensor, has_lateral: Tensor
+    ) -> ViewLogits:
+        """Run each row through the branches of the views it has; see the module docstring."""
+        has_frontal, has_lateral = self._check_masks(frontal, lateral, has_frontal, has_lateral)
+        with self._autocast(frontal.device):
+            heads, route = self._route(frontal, lateral, has_frontal, has_lateral)
+        return ViewLogits(**heads, route=route)
+
+    def _route(self, frontal: Tensor, lateral: Tensor, has_frontal: Tensor, has_lateral: Tensor):
+        batch, k = has_frontal.shape[0], self.config.num_labels
+        both = has_frontal & has_lateral
+        blank = torch.full((batch, k), float("nan"), device=frontal.device)
+        heads = {name: blank for name in HEADS}
+        maps = {}
+        for name, images, present in (("frontal", frontal, has_frontal), ("lateral", lateral, has_lateral)):
+            rows = present.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            branch = getattr(self, name)
+            maps[name] = branch.trunk(self._prepare(images.index_select(0, rows)))  # [Bv, C, H/16, W/16]
+            logits = branch.head(branch.tail(maps[name])).float()  # [Bv, K]
+            heads[name] = blank.index_copy(0, rows, logits)
+        if both.any():
+            # Two-view rows, as positions inside each view's subset of the batch.
+            in_frontal = (has_frontal.cumsum(0) - 1)[both]
+            in_lateral = (has_lateral.cumsum(0) - 1)[both]
+            joint = self.joint(
+                maps["frontal"].index_select(0, in_frontal), maps["lateral"].index_select(0, in_lateral)
+            )
+            heads["joint"] = blank.index_copy(0, both.nonzero().squeeze(1), joint.float())
+        single = torch.where(has_frontal.unsqueeze(1), heads["frontal"], heads["lateral"])
+        heads["final"] = torch.where(both.unsqueeze(1), heads["joint"], single)
+        route = torch.where(both, Route.JOINT, torch.where(has_frontal, Route.FRONTAL, Route.LATERAL))
+        return heads, route
+
+    @staticmethod
+    def _check_masks(frontal: Tensor, lateral: Tensor, has_frontal: Tensor, has_lateral: Tensor):
+        has_frontal, has_lateral = has_frontal.bool(), has_lateral.bool()
+        batch = has_frontal.shape[0]
+        if has_frontal.shape != (batch,) or has_lateral.shape != (batch,):
+            raise RoutingError(
+                f"view masks must both be [B]; got {tuple(has_frontal.shape)} and {tuple(has_lateral.shape)}"
+            )
+        for name, images in (("frontal", frontal), ("lateral", lateral)):
+            if images.ndim != 4 or images.shape[0] != batch:
+                raise RoutingError(f"{name} images must be [B={batch}, C, H, W]; got {tuple(images.shape)}")
+        empty = (~(has_frontal | has_lateral)).nonzero().flatten().tolist()
+        if empty:
+            raise RoutingError(f"batch rows {empty} have neither a frontal nor a lateral view")
+        return has_frontal, has_lateral
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        if self.inference_dtype is not None:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _autocast(self, device: torch.device):
+        if self.inference_dtype is None or self.training:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.inference_dtype)
+
+    def fast(self, dtype: torch.dtype | None = None) -> TwoViewNet:
+        """Switch to the inference fast path: eval mode, channels-last, low-precision autocast.
+
+        `dtype` defaults to bfloat16 where the device supports it (CUDA with bf16, CPUs with AVX512-BF16
+        or AMX), else float16 on CUDA, else none (channels-last float32 only).
+        """
+        device = next(self.parameters()).device
+        self.inference_dtype = dtype if dtype is not None else fast_dtype(device)
+        self.eval()
+        return self.to(memory_format=torch.channels_last)
+
+    def plain(self) -> TwoViewNet:
+        """Undo `fast()`: float32, contiguous memory."""
+        self.inference_dtype = None
+        return self.to(memory_format=torch.contiguous_format)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by branch (`frontal`, `lateral`, `joint`), read off their names."""
+        return {name: list(getattr(self, name).parameters()) for name in HEADS}
+
+
+def fast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that speeds inference up on this device, or None where none does."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
