@@ -48,8 +48,173 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_sample_data)
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.manifest import read_manifest
+    from pipeline.predict import predict_folder
+
+    if (args.folder is None) == (args.manifest is None):
+        raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
+    if args.images is not None and args.manifest is None:
+        raise TwoviewError("--images is for --manifest; a FOLDER is scanned as it is")
+    source = args.folder if args.manifest is None else read_manifest(args.manifest, args.images, labels=())
+    predict_folder(
+        source,
+        args.output,
+        args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        fast=not args.no_fast,
+    )
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict every study in a folder (or a manifest) into a CSV or JSON Lines file",
+        description="Scan a folder recursively, group its images into studies and write one row per study: "
+        "route, files used, and each label's final and per-head probabilities. Rerunning with the same "
+        "output resumes; files set aside are listed in <output stem>.errors.csv.",
+    )
+    p.add_argument("folder", nargs="?", help="folder of DICOM (or PNG/JPEG) files, scanned recursively")
+    p.add_argument("--model", help="a .safetensors checkpoint (default: the bundled demo model)")
+    p.add_argument(
+        "-o", "--output", default="predictions.csv", help="out.csv or out.jsonl (default: predictions.csv)"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="studies per model call (default: 8)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if any)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (default: spare cores, at most 4; 0: none)",
+    )
+    p.add_argument("--no-fast", action="store_true", help="float32 inference (no channels-last, no bfloat16)")
+    p.add_argument("--manifest", help="a manifest CSV (study_id, frontal, lateral) instead of a folder")
+    p.add_argument("--images", help="folder the manifest's paths are relative to (default: the manifest's)")
+    p.set_defaults(handler=_predict)
+
+
 #: Subcommands, each added by one function; later jobs add theirs here.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample_data]
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.train import TrainSettings, fit
+
+    if args.resume:
+        result = fit(TrainSettings(manifest="", out_dir=args.resume), resume=True)
+    else:
+        if not args.manifest or not args.out:
+            raise TwoviewError("give --manifest and --out for a new run, or --resume RUN_DIR to continue one")
+        settings = TrainSettings(
+            manifest=args.manifest,
+            out_dir=args.out,
+            images_dir=args.images,
+            val_manifest=args.val_manifest,
+            val_fraction=args.val_fraction,
+            start=args.start,
+            pretrained_sha256=args.pretrained_sha256,
+            arch=args.arch,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs,
+            head_weights_start=tuple(args.head_weights_start),
+            head_weights_end=tuple(args.head_weights_end),
+            ramp_epochs=args.ramp_epochs,
+            view_dropout=args.view_dropout,
+            balance=not args.no_balance,
+            grad_clip=args.grad_clip,
+            precision=args.precision,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            workers=args.workers,
+            patience=args.patience,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+        )
+        result = fit(settings)
+    if result is not None:
+        print(f"best model: {result.best}")
+        print(f"report: {result.out_dir / 'report.md'}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune on a labelled manifest (Lightning; multi-GPU/multi-node with --strategy ddp)",
+        description="Fine-tune a two-view model on a manifest (study_id, frontal, lateral, one column per label).",
+    )
+    p.add_argument("--manifest", help="training manifest CSV")
+    p.add_argument(
+        "--images", help="folder the manifest's paths are relative to (default: the manifest's folder)"
+    )
+    p.add_argument("--out", help="run folder to write checkpoints, metrics and the report into")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument(
+        "--val-manifest", help="validation manifest (default: a patient-level split of --manifest)"
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of studies for validation (default 0.2)"
+    )
+    p.add_argument(
+        "--start",
+        default="demo",
+        help="'demo' (default), 'scratch', a twoview .safetensors, or a DenseNet121 state dict file or URL",
+    )
+    p.add_argument("--pretrained-sha256", help="SHA-256 of the --start weights (required for a URL)")
+    p.add_argument(
+        "--arch", default="densenet121", choices=["densenet121", "tiny"], help="network size for new models"
+    )
+    p.add_argument("--image-size", type=int, help="input size in pixels (default: the starting model's)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of AdamW")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument(
+        "--head-weights-start",
+        type=float,
+        nargs=3,
+        default=(0.3, 1.0, 1.0),
+        metavar=("JOINT", "FRONTAL", "LATERAL"),
+        help="loss weight of each head at the first epoch",
+    )
+    p.add_argument(
+        "--head-weights-end",
+        type=float,
+        nargs=3,
+        default=(1.0, 0.3, 0.3),
+        metavar=("JOINT", "FRONTAL", "LATERAL"),
+        help="loss weight of each head after --ramp-epochs",
+    )
+    p.add_argument("--ramp-epochs", type=int, default=5)
+    p.add_argument(
+        "--view-dropout", type=float, default=0.2, help="share of two-view studies trained with one view"
+    )
+    p.add_argument("--no-balance", action="store_true", help="no class-balanced positive weights")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument(
+        "--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (default: mixed on GPU)"
+    )
+    p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu")
+    p.add_argument("--devices", default="auto", help="number of devices or a list like 0,1")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="auto", help="auto or ddp (multi-GPU / multi-node)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
+    p.add_argument("--patience", type=int, default=5, help="epochs without AUROC gain before stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="decoded-image cache (default: RUN_DIR/cache)")
+    p.set_defaults(handler=_train)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample_data, _add_predict, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,82 @@
+"""Phantom speed: two-view studies rendered per second on one core (the training-set budget is >= 5/s).
+
+``python bench/phantom.py --picture sample_data/phantom.png`` also redraws the README picture: a
+generated PA | the same patient's lateral | the real RG1 PA from pydicom's test data, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sample_data.anatomy import Patient, random_patient
+from sample_data.findings import random_findings
+from sample_data.phantom import simulate
+
+__all__ = ["main", "picture"]
+
+_PICTURE_PATIENT = Patient(seed=3, sex="F")
+
+
+def _reference(height: int) -> np.ndarray | None:
+    """The real RG1 PA chest (bright = dense), or None where pydicom's test data is missing."""
+    try:
+        import pydicom
+        from pydicom.data import get_testdata_file
+
+        path = get_testdata_file("RG1_UNCR.dcm")
+        if path is None:
+            return None
+        ds = pydicom.dcmread(path)
+    except (ImportError, OSError, ValueError):
+        return None
+    img = ds.pixel_array.astype(np.float32)
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    img = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        img = 1.0 - img
+    width = round(img.shape[1] * height / img.shape[0])
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR))
+
+
+def picture(path: str | Path, size: int = 480) -> None:
+    """Write generated PA | generated lateral | real RG1 PA side by side as an 8-bit PNG."""
+    views = simulate(_PICTURE_PATIENT, [], size=size)
+    panels = [views.frontal, views.lateral]
+    ref = _reference(size)
+    if ref is not None:
+        panels.append(ref)
+    row = np.concatenate(panels, axis=1)
+    Image.fromarray(np.round(row * 255).astype(np.uint8)).save(path, optimize=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render ``--studies`` random two-view studies at ``--size`` px and print studies per second."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--picture", type=Path, help="also write the side-by-side picture here")
+    args = parser.parse_args(argv)
+    if args.picture is not None:
+        picture(args.picture)
+    rng = np.random.default_rng(0)
+    cases = [(random_patient(rng), random_findings(rng)) for _ in range(args.studies)]
+    simulate(*cases[0], size=args.size)  # warm-up
+    start = time.perf_counter()
+    for patient, findings in cases:
+        simulate(patient, findings, size=args.size)
+    seconds = time.perf_counter() - start
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(
+        f"phantom: {args.studies / seconds:.2f} two-view studies/s at {args.size} px (OMP_NUM_THREADS={threads})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Studies to tensors: `StudyDataset` (with a decoded-image cache on disk), `collate` and `ViewBatch`.
+
+A view that fails to decode is dropped from its sample with a warning naming the file; a sample whose
+views all failed is dropped by `collate` (also with a warning), so one bad file never stops training.
+A batch where every sample was dropped has length 0; training loops skip it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from models.config import ModelConfig
+from pipeline.dicom import HIGH_PERCENTILE, LOW_PERCENTILE, read_image
+from pipeline.errors import ImageError, TwoviewError
+from pipeline.manifest import Manifest
+from pipeline.studies import ImageSource, Study
+from pipeline.transforms import AugmentSettings, PerViewd, epoch_transform, preprocess, preprocess_settings
+
+__all__ = ["CacheKey", "DatasetError", "ImageCache", "StudyDataset", "StudySample", "ViewBatch", "collate"]
+
+logger = logging.getLogger(__name__)
+
+#: "stat": resolved path + size + mtime_ns + inode (fast, no read; misses only an in-place rewrite of
+#: identical size within the file system's mtime resolution). "content": a hash of the bytes (safe, slower).
+CacheKey = Literal["stat", "content"]
+
+
+class DatasetError(TwoviewError):
+    """A dataset that cannot be built from what it was given (e.g. labels of the wrong shape)."""
+
+
+@dataclass(frozen=True)
+class StudySample:
+    """One study ready for collation: normalised `[1, S, S]` images (None = view missing) and `[K]` labels."""
+
+    study_id: str
+    frontal: torch.Tensor | None
+    lateral: torch.Tensor | None
+    labels: torch.Tensor  # float32 [K], NaN = unknown
+    image_size: int
+
+    @property
+    def is_empty(self) -> bool:
+        return self.frontal is None and self.lateral is None
+
+
+@dataclass
+class ViewBatch:
+    """A batch for `TwoViewNet`: both view tensors (zeros where a view is missing), masks, labels, ids."""
+
+    frontal: torch.Tensor  # float32 [B, 1, S, S]
+    lateral: torch.Tensor  # float32 [B, 1, S, S]
+    has_frontal: torch.Tensor  # bool [B]
+    has_lateral: torch.Tensor  # bool [B]
+    labels: torch.Tensor  # float32 [B, K], NaN = unknown
+    study_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> ViewBatch:
+        """A copy with every tensor on `device`."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> ViewBatch:
+        """Called by `DataLoader(pin_memory=True)` so host-to-GPU copies can be asynchronous."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ViewBatch:
+        return ViewBatch(
+            fn(self.frontal),
+            fn(self.lateral),
+            fn(self.has_frontal),
+            fn(self.has_lateral),
+            fn(self.labels),
+            list(self.study_ids),
+        )
+
+
+def collate(samples: Sequence[StudySample]) -> ViewBatch:
+    """Stack samples into a `ViewBatch`, dropping (with a warning) samples that have no view left."""
+    if not samples:
+        raise DatasetError("cannot collate an empty list of samples")
+    kept = []
+    for sample in samples:
+        if sample.is_empty:
+            logger.warning("study %s skipped: none of its images could be read", sample.study_id)
+        else:
+            kept.append(sample)
+    size, k = samples[0].image_size, samples[0].labels.shape[0]
+    frontal = torch.zeros(len(kept), 1, size, size, dtype=torch.float32)
+    lateral = torch.zeros(len(kept), 1, size, size, dtype=torch.float32)
+    for row, sample in enumerate(kept):
+        if sample.frontal is not None:
+            frontal[row] = sample.frontal
+        if sample.lateral is not None:
+            lateral[row] = sample.lateral
+    return ViewBatch(
+        frontal=frontal,
+        lateral=lateral,
+        has_frontal=torch.tensor([s.frontal is not None for s in kept], dtype=torch.bool),
+        has_lateral=torch.tensor([s.lateral is not None for s in kept], dtype=torch.bool),
+        labels=torch.stack([s.labels for s in kept]) if kept else torch.empty(0, k),
+        study_ids=[s.study_id for s in kept],
+    )
+
+
+class ImageCache:
+    """Preprocessed `[1, S, S]` arrays as `.npy` files, keyed by the file and the preprocessing settings.
+
+    Entries are written to a temporary file and renamed into place, so parallel workers never read
+    half a file; an unreadable entry is rebuilt, never fatal.
+    """
+
+    def __init__(
+        self, folder: str | Path, config: ModelConfig, *, key: CacheKey = "stat", apply_voi: bool = True
+    ) -> None:
+        if key not in ("stat", "content"):
+            raise DatasetError(f"unknown cache key {key!r}; choose one of: stat, content")
+        self.folder = Path(folder)
+        self.key_kind = key
+        self.shape = (1, config.image_size, config.image_size)
+        decoding = {"apply_voi": apply_voi, "percentiles": [LOW_PERCENTILE, HIGH_PERCENTILE]}
+        self._settings = json.dumps({**preprocess_settings(config), **decoding}, sort_keys=True)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, path: Path) -> str:
+        """The entry name for `path` as it is now (changes when the file or the settings change)."""
+        digest = hashlib.sha256(self._settings.encode())
+        if self.key_kind == "content":
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        else:
+            st = path.stat()
+            digest.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
+        return digest.hexdigest()
+
+    def entry(self, path: Path) -> Path:
+        key = self.key(path)
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get_or_create(self, path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array for `path`, or `make()`'s result, stored for next time."""
+        entry = self.entry(path)
+        array = self._load(entry, path)
+        if array is not None:
+            self.hits += 1
+            return array
+        self.misses += 1
+        array = np.ascontiguousarray(make(), dtype=np.float32)
+        self._store(entry, array)
+        return array
+
+    def _load(self, entry: Path, path: Path) -> np.ndarray | None:
+        try:
+            array = np.load(entry, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as err:
+            logger.warning("cache entry %s for %s is unreadable (%s); rebuilding it", entry, path, err)
+            return None
+        if array.shape != self.shape or array.dtype != np.float32:
+            logger.warning(
+                "cache entry %s for %s has shape %s %s; rebuilding it", entry, path, array.shape, array.dtype
+            )
+            return None
+        return array
+
+    def _store(self, entry: Path, array: np.ndarray) -> None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.save(f, array, allow_pickle=False)
+                os.replace(tmp, entry)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as err:
+            logger.warning("cannot write cache entry %s (%s); continuing without it", entry, err)
+
+
+class StudyDataset(Dataset[StudySample]):
+    """Studies (+ optional `[N, K]` labels) as `StudySample`s: decode, preprocess (cached), augment, normalise.
+
+    `train=True` adds random augmentation, drawn independently per view and per DataLoader worker.
+    """
+
+    def __init__(
+        self,
+        studies: Sequence[Study],
+        labels: np.ndarray | None = None,
+        *,
+        config: ModelConfig,
+        train: bool = False,
+        cache_dir: str | Path | None = None,
+        cache_key: CacheKey = "stat",
+        apply_voi: bool = True,
+        augment: AugmentSettings | None = None,
+    ) -> None:
+        self.studies = tuple(studies)
+        self.config = config
+        self.train = train
+        self.apply_voi = apply_voi
+        shape = (len(self.studies), config.num_labels)
+        if labels is None:
+            labels = np.full(shape, np.nan, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.float32)
+        if labels.shape != shape:
+            raise DatasetError(
+                f"labels have shape {labels.shape}; expected {shape} ({len(self.studies)} studies x "
+                f"{config.num_labels} labels of the model config)"
+            )
+        self.labels = torch.from_numpy(labels.copy())
+        self.cache = ImageCache(cache_dir, config, key=cache_key, apply_voi=apply_voi) if cache_dir else None
+        self.transform = PerViewd(epoch_transform(config, train=train, augment=augment))
+        self.transform.set_random_state(seed=int(torch.randint(2**31 - 1, ()).item()))
+        self.failed: dict[Path, str] = {}
+        self._worker_seed: tuple[int, int] | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, *, config: ModelConfig, **kwargs) -> StudyDataset:
+        """A dataset of a manifest's studies with its labels in the config's label order."""
+        return cls(manifest.studies, manifest.labels_for(config.labels), config=config, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, index: int) -> StudySample:
+        self._seed_worker()
+        study = self.studies[index]
+        arrays = {"frontal": self.load_view(study.frontal), "lateral": self.load_view(study.lateral)}
+        out = self.transform(arrays)
+        return StudySample(
+            study.study_id, out["frontal"], out["lateral"], self.labels[index].clone(), self.config.image_size
+        )
+
+    def load_view(self, source: ImageSource | None) -> np.ndarray | None:
+        """The preprocessed `[1, S, S]` array of one view, or None when missing or unreadable."""
+        if source is None or source.path in self.failed:
+            return None
+        try:
+            if self.cache is None:
+                return self._decode(source.path)
+            return self.cache.get_or_create(source.path, lambda: self._decode(source.path))
+        except (ImageError, OSError) as err:
+            reason = err.reason if isinstance(err, ImageError) else (err.strerror or str(err))
+            self.failed[source.path] = reason
+            view = source.view.value if source.view is not None else "image"
+            logger.warning("%s: %s view of study %s dropped: %s", source.path, view, source.study_id, reason)
+            return None
+
+    def _decode(self, path: Path) -> np.ndarray:
+        return preprocess(read_image(path, apply_voi=self.apply_voi).pixels, self.config)
+
+    def _seed_worker(self) -> None:
+        """Give each DataLoader worker (and each epoch's workers) their own augmentation draws."""
+        info = get_worker_info()
+        if info is not None and self._worker_seed != (info.id, info.seed):
+            self.transform.set_random_state(seed=info.seed % (2**31 - 1))
+            self._worker_seed = (info.id, info.seed)

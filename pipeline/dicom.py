@@ -1,0 +1,663 @@
+"""Read one radiograph (DICOM by content, PNG or JPEG) into an `XrayImage`, or raise an `ImageError`.
+
+This is the only module that touches pixel data. Every image leaves it in the project's one
+intensity range: float32 in [0, 1], bright = dense, where 0 and 1 are the 0.5th and 99.5th
+percentiles of the image after the Modality LUT and (by default) the VOI LUT or window.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+from pydicom.pixels.utils import get_expected_length, get_nr_frames
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pipeline.errors import (
+    DimensionsError,
+    EmptyImageError,
+    ImageError,
+    NoPixelDataError,
+    NotAnImageError,
+    TruncatedPixelDataError,
+    UnsupportedModalityError,
+    UnsupportedSyntaxError,
+)
+
+__all__ = [
+    "XrayImage",
+    "read_image",
+    "read_header",
+    "is_dicom",
+    "XRAY_MODALITIES",
+    "LOW_PERCENTILE",
+    "HIGH_PERCENTILE",
+    "MIN_SIDE",
+    "MAX_SIDE",
+    "MAX_FRAME_BYTES",
+]
+
+logger = logging.getLogger(__name__)
+
+LOW_PERCENTILE = 0.5  # the project's one intensity range: these percentiles map to 0 and 1
+HIGH_PERCENTILE = 99.5
+MIN_SIDE = 32  # smaller than this is an icon or a placeholder, not a radiograph
+MAX_SIDE = 16384  # a 43 cm detector at 0.05 mm is 8600 px; twice that is surely not a chest film
+MAX_FRAME_BYTES = 512 * 2**20  # declared size of the one frame we decode
+MAX_FILE_BYTES = 2 * 2**30  # whole files are read into memory; refuse bigger ones up front
+XRAY_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
+"""Projection radiography. OT (secondary capture, often a digitised film) and a missing Modality
+are read too, with a warning; every other modality (CT, MR, US, NM, PT, MG, XA, ...) is refused."""
+
+_MODALITY_NAMES = {
+    "CT": "a CT scan",
+    "MR": "an MRI scan",
+    "US": "an ultrasound",
+    "NM": "a nuclear medicine image",
+    "PT": "a PET scan",
+    "MG": "a mammogram",
+    "XA": "an angiography (XA) image",
+    "RF": "a fluoroscopy (RF) image",
+    "SR": "a structured report",
+    "PR": "a presentation state",
+    "SC": "a secondary capture",
+    "ES": "an endoscopy image",
+    "IO": "an intra-oral dental image",
+    "PX": "a panoramic dental image",
+}
+_NATIVE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian}
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+_PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_SNIFF_BYTES = 64 * 1024  # how much of a preamble-less file is parsed to decide whether it is DICOM
+_PERCENTILE_SAMPLES = 2**18  # float images estimate their percentiles from about this many pixels
+_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
+_EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class XrayImage:
+    """One decoded radiograph and the metadata the rest of the pipeline needs."""
+
+    pixels: np.ndarray = field(repr=False)  # float32 [H, W] in [0, 1], bright = dense
+    path: Path
+    modality: str = ""  # "CR", "DX", ... ("" for PNG/JPEG)
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    patient_id: str = ""
+    accession: str = ""
+    study_date: str = ""
+    body_part: str = ""
+    view_position: str = ""
+    patient_orientation: str = ""  # row then column direction, e.g. "L\\F"
+    image_laterality: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    photometric: str = ""
+    transfer_syntax: str = ""
+    rows: int = 0
+    columns: int = 0
+    pixel_spacing: tuple[float, float] | None = None  # PixelSpacing, else ImagerPixelSpacing (mm)
+    warnings: tuple[str, ...] = ()  # e.g. "RGB converted to grey", "multi-frame: first frame used"
+    study_description: str = ""
+    number_of_frames: int = 1
+    view_code_meaning: str = ""  # View Code Sequence's CodeMeaning, e.g. "postero-anterior"
+
+    @property
+    def is_dicom(self) -> bool:
+        """True when the image came from a DICOM file (PNG/JPEG have no transfer syntax)."""
+        return bool(self.transfer_syntax)
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True when the file is DICOM by content: 'DICM' at byte 128, or a preamble-less image dataset."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return _looks_like_dicom(head)
+
+
+def read_image(path: str | Path, *, apply_voi: bool = True) -> XrayImage:
+    """Decode a DICOM, PNG or JPEG radiograph into float32 [0, 1] pixels plus metadata.
+
+    `apply_voi=False` skips the file's VOI LUT / window, keeping the full modality range.
+    Raises an `ImageError` subclass (never anything else) for any file that cannot be used.
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    try:
+        if kind == "dicom":
+            return _read_dicom(path, apply_voi=apply_voi)
+        return _read_picture(path)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise DimensionsError(path, "the image is too large to load into memory") from exc
+    except Exception as exc:  # the boundary: pydicom, numpy and PIL errors become ImageErrors
+        raise TruncatedPixelDataError(
+            path, f"the image data is damaged or incomplete and cannot be decoded ({_describe(exc)})"
+        ) from exc
+
+
+def read_header(path: str | Path) -> XrayImage:
+    """Read only the metadata (no pixel data) for cheap grouping of big folders; `pixels` is empty.
+
+    Refuses what the header alone shows to be unusable (not an image, wrong modality, bad size or
+    syntax); problems inside the pixel data only show up in `read_image`.
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    try:
+        if kind == "dicom":
+            ds = _parse(path, stop_before_pixels=True)
+            notes: list[str] = []
+            _check_header(path, ds, notes, header_only=True)
+            return _metadata(ds, path, _EMPTY, notes)
+        with Image.open(path) as img:
+            _check_picture_size(path, img)
+            return XrayImage(pixels=_EMPTY, path=path, rows=img.height, columns=img.width)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DimensionsError(path, f"the image is too large to load ({_describe(exc)})") from exc
+    except Exception as exc:
+        raise NotAnImageError(path, f"the file header cannot be read ({_describe(exc)})") from exc
+
+
+# --- deciding what a file is -------------------------------------------------------------------
+
+
+def _sniff(path: Path) -> str:
+    """Return "dicom" or "picture", or raise NotAnImageError saying what the file is instead."""
+    if path.is_dir():
+        raise NotAnImageError(path, "this is a folder, not an image file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except FileNotFoundError as exc:
+        raise NotAnImageError(path, "the file does not exist") from exc
+    except OSError as exc:
+        raise NotAnImageError(path, f"the file cannot be opened ({_describe(exc)})") from exc
+    if size == 0:
+        raise NotAnImageError(path, "the file is empty (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise DimensionsError(path, f"the file is {size / 2**30:.1f} GiB, more than the 2 GiB limit")
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return "picture"
+    if _looks_like_dicom(head):
+        return "dicom"
+    raise NotAnImageError(path, "this is not a DICOM, PNG or JPEG image")
+
+
+def _looks_like_dicom(head: bytes) -> bool:
+    """'DICM' at 128, or a forced parse of the first bytes that finds Rows and Columns."""
+    if head[128:132] == b"DICM":
+        return True
+    try:
+        ds = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True)
+        return "Rows" in ds and "Columns" in ds
+    except Exception:  # any parse failure simply means "not DICOM"
+        return False
+
+
+# --- DICOM -------------------------------------------------------------------------------------
+
+
+def _read_dicom(path: Path, *, apply_voi: bool) -> XrayImage:
+    """Parse, check the header against the pixel data, decode the first frame and scale it."""
+    ds = _parse(path, stop_before_pixels=False)
+    notes: list[str] = []
+    _check_header(path, ds, notes)
+    _check_length(path, ds)
+    raw = _decode_first_frame(path, ds, notes)
+    pixels = _dicom_to_unit(path, raw, ds, apply_voi=apply_voi, notes=notes)
+    return _metadata(ds, path, pixels, notes)
+
+
+def _parse(path: Path, *, stop_before_pixels: bool) -> Dataset:
+    """dcmread with force=True (preamble-less files); a missing transfer syntax is inferred."""
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:
+        raise NotAnImageError(
+            path, f"the DICOM header cannot be read; the file is damaged or incomplete ({_describe(exc)})"
+        ) from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
+
+
+def _check_header(path: Path, ds: Dataset, notes: list[str], *, header_only: bool = False) -> None:
+    """Every check the header alone allows, most telling first (Pixel Data only if it was read)."""
+    _check_modality(path, ds, notes)
+    if not header_only and "PixelData" not in ds:
+        _raise_missing_pixels(path)
+    _check_syntax(path, ds)
+    _check_dimensions(path, ds)
+
+
+def _raise_missing_pixels(path: Path) -> None:
+    """No Pixel Data parsed: truncated if the file holds the Pixel Data tag, else no image at all."""
+    data = path.read_bytes()
+    if _PIXEL_DATA_TAG_LE in data or _PIXEL_DATA_TAG_BE in data:
+        raise TruncatedPixelDataError(
+            path,
+            "the pixel data is incomplete (the file ends inside it); it was probably cut short while copying",
+        )
+    raise NoPixelDataError(
+        path,
+        "the DICOM file has no image (Pixel Data) in it; it may be a report, a header-only file, "
+        "or a file cut short before the image",
+    )
+
+
+def _check_modality(path: Path, ds: Dataset, notes: list[str]) -> None:
+    """Accept projection radiographs; warn for OT or a missing Modality; refuse the rest."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in XRAY_MODALITIES:
+        return
+    if modality == "":
+        notes.append("no Modality tag; assumed to be a radiograph")
+    elif modality == "OT":
+        notes.append("Modality is OT (other); assumed to be a digitised radiograph")
+    else:
+        what = _MODALITY_NAMES.get(modality, f"a {modality} image")
+        raise UnsupportedModalityError(
+            path, f"this is {what} (Modality {modality}); twoview reads only chest radiographs (CR, DX)"
+        )
+
+
+def _check_syntax(path: Path, ds: Dataset) -> None:
+    """Refuse a transfer syntax that no installed pixel decoder handles, naming it."""
+    uid = UID(str(ds.file_meta.TransferSyntaxUID))
+    name = f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as exc:
+        raise UnsupportedSyntaxError(
+            path, f"the image is stored with transfer syntax {name}, which twoview cannot decode"
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        raise UnsupportedSyntaxError(
+            path, f"the image is stored with transfer syntax {name}; decoding it needs {missing}"
+        )
+
+
+def _check_dimensions(path: Path, ds: Dataset) -> None:
+    """Check Rows x Columns x samples x bits (x frames) against sane bounds before any decoding."""
+    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    spp, bits = _int(ds.get("SamplesPerPixel", 1)), _int(ds.get("BitsAllocated"))
+    frames = _int(ds.get("NumberOfFrames", 1)) or 1
+    if rows is None or cols is None:
+        raise DimensionsError(path, "the DICOM header does not give the image size (Rows, Columns)")
+    if min(rows, cols) < MIN_SIDE:
+        raise DimensionsError(
+            path, f"the image is {cols}x{rows} pixels; a radiograph needs at least {MIN_SIDE} on each side"
+        )
+    if max(rows, cols) > MAX_SIDE:
+        raise DimensionsError(
+            path, f"the header declares {cols}x{rows} pixels; more than {MAX_SIDE} on a side is refused"
+        )
+    if bits not in (1, 8, 16, 32) or spp not in (1, 3):
+        raise DimensionsError(
+            path, f"Bits Allocated {bits} / Samples per Pixel {spp} is not a valid greyscale or RGB image"
+        )
+    frame_bytes = rows * cols * spp * max(bits, 8) // 8
+    if frame_bytes > MAX_FRAME_BYTES or frames < 0 or frames * frame_bytes > 4 * MAX_FILE_BYTES:
+        raise DimensionsError(
+            path, f"the header declares {frames} frame(s) of {cols}x{rows}x{spp} at {bits} bits; too big"
+        )
+
+
+def _check_length(path: Path, ds: Dataset) -> None:
+    """Native pixel data must be as long as the header declares (encapsulated data is checked by decoding)."""
+    if (
+        ds.file_meta.TransferSyntaxUID not in _NATIVE_SYNTAXES
+        and not ds.file_meta.TransferSyntaxUID.is_deflated
+    ):
+        return
+    expected = get_expected_length(ds, "bytes")
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise TruncatedPixelDataError(
+            path,
+            f"the pixel data is incomplete: the header declares {expected:,} bytes but the file holds "
+            f"{actual:,}; the file was probably cut short while copying",
+        )
+
+
+def _decode_first_frame(path: Path, ds: Dataset, notes: list[str]) -> np.ndarray:
+    """Decode frame 0 only (YBR comes back as RGB; a palette is expanded); warn for multi-frame."""
+    frames = get_nr_frames(ds, warn=False)
+    if frames > 1:
+        notes.append(f"multi-frame ({frames} frames): first frame used")
+    try:
+        arr = pixel_array(ds, index=0)
+    except Exception as exc:
+        raise TruncatedPixelDataError(
+            path, f"the pixel data is damaged or incomplete and cannot be decoded ({_describe(exc)})"
+        ) from exc
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3:
+        notes.append(f"{ds.get('PhotometricInterpretation', 'colour')} converted to grey")
+        arr = arr @ _GREY_WEIGHTS
+    return arr
+
+
+def _dicom_to_unit(
+    path: Path, raw: np.ndarray, ds: Dataset, *, apply_voi: bool, notes: list[str]
+) -> np.ndarray:
+    """Modality LUT, then VOI, MONOCHROME1 inversion, padding mask and robust scaling."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    grey = photometric in ("MONOCHROME1", "MONOCHROME2")
+
+    def to_display(values: np.ndarray) -> np.ndarray:
+        if not grey:
+            return values
+        values = apply_modality_lut(values, ds)
+        if apply_voi:
+            values = _apply_voi(values, ds, notes)
+        return values
+
+    padding = _padding_range(ds) if grey else None
+    return _to_unit(path, raw, to_display, invert=photometric == "MONOCHROME1", padding=padding)
+
+
+def _apply_voi(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
+    """pydicom's VOI LUT or window on modality values; an unusable VOI is skipped with a warning."""
+    if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+        values = values.astype(np.int64)  # integral modality output: keep the VOI LUT on integers
+    try:
+        return apply_voi_lut(values, ds, index=0)
+    except Exception as exc:
+        notes.append(f"VOI LUT / window ignored: {_describe(exc)}")
+        return values
+
+
+def _padding_range(ds: Dataset) -> tuple[int, int] | None:
+    """The stored values marked as padding (Pixel Padding Value [.. Range Limit]), if any."""
+    value = _int(ds.get("PixelPaddingValue"))
+    if value is None:
+        return None
+    limit = _int(ds.get("PixelPaddingRangeLimit"))
+    limit = value if limit is None else limit
+    return min(value, limit), max(value, limit)
+
+
+# --- intensity scaling -------------------------------------------------------------------------
+
+
+def _to_unit(
+    path: Path,
+    raw: np.ndarray,
+    to_display: Callable[[np.ndarray], np.ndarray],
+    *,
+    invert: bool,
+    padding: tuple[int, int] | None,
+) -> np.ndarray:
+    """Map stored values to float32 [0, 1]: through a per-value table for 8/16-bit, else directly.
+
+    For integer data the LUT functions run once per possible value, not per pixel, so a 2000x2000
+    image costs one histogram and one table lookup and no float64 copy.
+    """
+    if raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2:
+        return _to_unit_by_table(path, raw, to_display, invert=invert, padding=padding)
+    return _to_unit_direct(path, raw, to_display, invert=invert, padding=padding)
+
+
+def _to_unit_by_table(
+    path: Path,
+    raw: np.ndarray,
+    to_display: Callable[[np.ndarray], np.ndarray],
+    *,
+    invert: bool,
+    padding: tuple[int, int] | None,
+) -> np.ndarray:
+    """Integer path: histogram of stored values, display value per stored value, one gather."""
+    if raw.dtype.kind == "i":
+        unsigned = raw.dtype.str.replace("i", "u")
+        index = raw.view(unsigned)
+        stored = np.arange(2 ** (8 * raw.dtype.itemsize), dtype=unsigned).view(raw.dtype).astype(np.int64)
+    else:
+        index = raw
+        stored = np.arange(int(raw.max()) + 1, dtype=np.int64)
+    counts = np.bincount(index.ravel(), minlength=stored.size)
+    pad = np.zeros(stored.size, dtype=bool)
+    if padding is not None:
+        pad = (stored >= padding[0]) & (stored <= padding[1])
+        counts[pad] = 0
+    display = np.asarray(to_display(stored), dtype=np.float64)
+    lo, hi = _robust_range(path, display, counts)
+    table = np.clip((display - lo) / (hi - lo), 0.0, 1.0)
+    if invert:
+        table = 1.0 - table
+    table[pad] = 0.0
+    return table.astype(np.float32)[index]
+
+
+def _to_unit_direct(
+    path: Path,
+    raw: np.ndarray,
+    to_display: Callable[[np.ndarray], np.ndarray],
+    *,
+    invert: bool,
+    padding: tuple[int, int] | None,
+) -> np.ndarray:
+    """Float or 32-bit path (colour converted to grey, rare deep data): scale the pixels in place."""
+    pad = None if padding is None else (raw >= padding[0]) & (raw <= padding[1])
+    values = np.asarray(to_display(raw), dtype=np.float32)
+    if values is raw or not values.flags.writeable:
+        values = values.copy()
+    step = max(1, int(np.sqrt(values.size / _PERCENTILE_SAMPLES)))
+    sample = values[::step, ::step] if pad is None else values[::step, ::step][~pad[::step, ::step]]
+    lo, hi = _robust_range(path, sample.ravel(), None)
+    values -= lo
+    values *= 1.0 / (hi - lo)
+    np.clip(values, 0.0, 1.0, out=values)
+    if invert:
+        np.subtract(1.0, values, out=values)
+    if pad is not None:
+        values[pad] = 0.0
+    return values
+
+
+def _robust_range(path: Path, values: np.ndarray, counts: np.ndarray | None) -> tuple[float, float]:
+    """The LOW/HIGH percentiles of `values` (weighted by `counts`), symmetric under negation.
+
+    Low is the smallest value with at least q of the pixels at or below it, high the largest with
+    at least q at or above it, so MONOCHROME1 and its MONOCHROME2 twin scale identically.
+    """
+    if counts is None:
+        counts = np.ones(values.size, dtype=np.int64)
+    keep = (counts > 0) & np.isfinite(values)
+    values, counts = values[keep], counts[keep]
+    if values.size == 0 or values.min() == values.max():
+        raise EmptyImageError(path, "every pixel has the same value; the image is blank")
+    order = np.argsort(values, kind="stable")
+    values, counts = values[order], counts[order]
+    total = counts.sum()
+    below = np.cumsum(counts)
+    above = np.cumsum(counts[::-1])[::-1]
+    lo = values[np.searchsorted(below, total * LOW_PERCENTILE / 100, side="left")]
+    hi = values[np.nonzero(above >= total * (100 - HIGH_PERCENTILE) / 100)[0][-1]]
+    if hi <= lo:
+        lo, hi = values[0], values[-1]
+    return float(lo), float(hi)
+
+
+# --- PNG and JPEG ------------------------------------------------------------------------------
+
+
+def _read_picture(path: Path) -> XrayImage:
+    """PNG/JPEG via Pillow: 8/16-bit grey kept, colour converted to grey, EXIF rotation applied."""
+    notes: list[str] = []
+    try:
+        with Image.open(path) as img:
+            _check_picture_size(path, img)
+            if getattr(img, "n_frames", 1) > 1:
+                notes.append(f"multi-frame ({img.n_frames} frames): first frame used")
+            arr = _picture_array(img, notes)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DimensionsError(path, f"the image is too large to load ({_describe(exc)})") from exc
+    except UnidentifiedImageError as exc:
+        raise NotAnImageError(path, "this is not a readable PNG or JPEG image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise TruncatedPixelDataError(
+            path, f"the image data is damaged or incomplete ({_describe(exc)})"
+        ) from exc
+    if min(arr.shape) < MIN_SIDE:
+        raise DimensionsError(
+            path, f"the image is {arr.shape[1]}x{arr.shape[0]} pixels; a radiograph needs at least {MIN_SIDE}"
+        )
+    pixels = _to_unit(path, arr, lambda v: v, invert=False, padding=None)
+    return _finish(XrayImage(pixels=pixels, path=path, rows=arr.shape[0], columns=arr.shape[1]), notes)
+
+
+def _check_picture_size(path: Path, img: Image.Image) -> None:
+    """Refuse out-of-range sizes from the PNG/JPEG header, before decoding."""
+    width, height = img.size
+    if min(width, height) < MIN_SIDE:
+        raise DimensionsError(
+            path, f"the image is {width}x{height} pixels; a radiograph needs at least {MIN_SIDE} on each side"
+        )
+    if max(width, height) > MAX_SIDE:
+        raise DimensionsError(path, f"the image is {width}x{height} pixels; more than {MAX_SIDE} on a side")
+
+
+def _picture_array(img: Image.Image, notes: list[str]) -> np.ndarray:
+    """A 2-D integer (or float) array of grey levels from any Pillow mode."""
+    rotated = ImageOps.exif_transpose(img)
+    if rotated.size != img.size or rotated.getexif().get(0x0112, 1) != img.getexif().get(0x0112, 1):
+        notes.append("rotated upright using the EXIF orientation")
+    img = rotated
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img).astype(np.uint16, copy=False)
+    if img.mode in ("L", "I", "F"):
+        return np.asarray(img)
+    if img.mode in ("1", "LA", "La"):
+        return np.asarray(img.convert("L"))
+    if img.mode in ("P", "PA") and not _palette_is_grey(img):
+        notes.append("palette colour converted to grey")
+    elif img.mode not in ("P", "PA"):
+        notes.append(f"{'RGB' if img.mode.startswith('RGB') else img.mode} converted to grey")
+    return np.asarray(img.convert("RGB")) @ _GREY_WEIGHTS
+
+
+def _palette_is_grey(img: Image.Image) -> bool:
+    """True when every palette entry has R = G = B."""
+    palette = np.asarray(img.getpalette() or [], dtype=np.int32).reshape(-1, 3)
+    return bool(np.all(palette == palette[:, :1]))
+
+
+# --- metadata ----------------------------------------------------------------------------------
+
+
+def _metadata(ds: Dataset, path: Path, pixels: np.ndarray, notes: list[str]) -> XrayImage:
+    """Build the XrayImage from the dataset's tags (missing or malformed tags become "")."""
+    if not _text(ds, "StudyInstanceUID"):
+        notes.append("no Study Instance UID; the study cannot be grouped by it")
+    image = XrayImage(
+        pixels=pixels,
+        path=path,
+        modality=_text(ds, "Modality").upper(),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        accession=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        body_part=_text(ds, "BodyPartExamined"),
+        view_position=_text(ds, "ViewPosition").upper(),
+        patient_orientation=_text(ds, "PatientOrientation").upper(),
+        image_laterality=_text(ds, "ImageLaterality").upper(),
+        series_description=_text(ds, "SeriesDescription"),
+        protocol_name=_text(ds, "ProtocolName"),
+        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        rows=_int(ds.get("Rows")) or 0,
+        columns=_int(ds.get("Columns")) or 0,
+        pixel_spacing=_spacing(ds),
+        study_description=_text(ds, "StudyDescription"),
+        number_of_frames=max(_int(ds.get("NumberOfFrames", 1)) or 1, 1),
+        view_code_meaning=_view_code_meaning(ds),
+    )
+    return _finish(image, notes)
+
+
+def _finish(image: XrayImage, notes: list[str]) -> XrayImage:
+    """Attach the warnings to the image and log each one once."""
+    for note in notes:
+        logger.warning("%s: %s", image.path, note)
+    return replace(image, warnings=tuple(notes)) if notes else image
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A tag's value as a stripped string; multi-valued tags joined with a backslash."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value reads as missing rather than failing the whole file
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def _int(value: object) -> int | None:
+    """An integer from a tag value (int, numeric string, or a one-item list), else None."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0] if len(value) else None
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _view_code_meaning(ds: Dataset) -> str:
+    """The first View Code Sequence item's Code Meaning, or ""."""
+    try:
+        items = ds.get("ViewCodeSequence") or []
+        return str(items[0].get("CodeMeaning", "")).strip() if len(items) else ""
+    except Exception:  # a malformed sequence is treated as absent
+        return ""
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = ds.get(keyword)
+            if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+                return float(value[0]), float(value[1])
+        except Exception:  # a malformed spacing is treated as absent
+            continue
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """A short one-line description of a library exception for a user-facing message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

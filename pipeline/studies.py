@@ -1,0 +1,303 @@
+"""Group image files into studies with one frontal and one lateral view each, and say why others were set aside.
+
+`scan_folder` reads headers only (pixels just for the files whose tags do not tell the view), so a
+big folder never sits in memory. `assemble_studies` is the pure grouping step; the app calls it again
+with the user's view overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from pipeline.dicom import XrayImage, read_header, read_image
+from pipeline.errors import ImageError, TwoviewError, UnsupportedModalityError
+from pipeline.views import View, ViewDecision, detect_view
+
+__all__ = [
+    "CHEST_BODY_PARTS",
+    "ImageSource",
+    "Progress",
+    "Route",
+    "ScanResult",
+    "SetAside",
+    "SetAsideKind",
+    "Study",
+    "assemble_studies",
+    "collect_sources",
+    "is_chest",
+    "scan_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+Route = Literal["joint", "frontal", "lateral"]
+SetAsideKind = Literal["unreadable", "not_chest", "duplicate", "unknown_view", "excluded"]
+#: Called after each file with (files done, files in total, the file just read).
+Progress = Callable[[int, int, Path], None]
+
+#: BodyPartExamined values (or parts of them) that mean a chest; blank is accepted too.
+CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULM", "THORAKS", "BRUST")
+_FRONTAL_RANK = {"PA": 0, "AP": 1}
+_LATERAL_RANK = {"LL": 0, "LLAT": 0, "RL": 1, "RLAT": 1}
+_EXCLUDED = "excluded by the user"
+_TABLE_SUFFIXES = {".csv", ".tsv"}  # manifests and label tables that live beside the images
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One usable image file: its view (None = unknown), why, and the metadata grouping needs."""
+
+    path: Path
+    view: View | None
+    view_reason: str
+    view_confidence: float
+    study_id: str  # the grouping key: StudyInstanceUID, else the file's path under the scanned folder
+    study_uid: str = ""
+    patient_id: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    accession: str = ""
+    study_date: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view_position: str = ""  # "PA", "AP", "LL", ... as tagged ("" when untagged)
+    rows: int = 0
+    columns: int = 0
+
+    @classmethod
+    def from_image(cls, image: XrayImage, decision: ViewDecision, study_id: str) -> ImageSource:
+        """Keep the metadata of a (header-only or decoded) image, without its pixels."""
+        return cls(
+            path=image.path,
+            view=decision.view,
+            view_reason=decision.reason,
+            view_confidence=float(decision.confidence),
+            study_id=study_id,
+            study_uid=image.study_uid,
+            patient_id=image.patient_id,
+            series_uid=image.series_uid,
+            sop_uid=image.sop_uid,
+            accession=image.accession,
+            study_date=image.study_date,
+            modality=image.modality,
+            body_part=image.body_part,
+            view_position=image.view_position,
+            rows=image.rows,
+            columns=image.columns,
+        )
+
+    def with_view(self, view: View | None, reason: str, confidence: float = 1.0) -> ImageSource:
+        return replace(self, view=view, view_reason=reason, view_confidence=confidence)
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A file not used, why, and the kind of reason; `study_id` is None when the file could not be read."""
+
+    path: Path
+    reason: str
+    study_id: str | None = None
+    kind: SetAsideKind = "unreadable"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: the chosen frontal and lateral images (at least one) and the files set aside."""
+
+    study_id: str
+    patient_id: str = ""
+    frontal: ImageSource | None = None
+    lateral: ImageSource | None = None
+    set_aside: tuple[SetAside, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.frontal is None and self.lateral is None:
+            raise ValueError(f"study {self.study_id!r} needs a frontal or a lateral image")
+
+    @property
+    def route(self) -> Route:
+        """Which head predicts: "joint" with both views, else the one view present."""
+        if self.frontal is not None and self.lateral is not None:
+            return "joint"
+        return "frontal" if self.frontal is not None else "lateral"
+
+    @property
+    def sources(self) -> tuple[ImageSource, ...]:
+        return tuple(s for s in (self.frontal, self.lateral) if s is not None)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Studies sorted by id, every file set aside (sorted by path), and the sources to re-assemble.
+
+    `sources` are as read (before any overrides): pass them to `assemble_studies` with the full override map.
+    """
+
+    studies: tuple[Study, ...]
+    set_aside: tuple[SetAside, ...]
+    sources: tuple[ImageSource, ...] = field(default=(), repr=False)
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+
+def is_chest(body_part: str) -> bool:
+    """True unless BodyPartExamined clearly names something else (blank counts as chest)."""
+    text = body_part.strip().upper()
+    return not text or any(part in text for part in CHEST_BODY_PARTS)
+
+
+def scan_folder(
+    path: str | Path, *, progress: Progress | None = None, verify_pixels: bool = False
+) -> ScanResult:
+    """Read every file under `path` (any name, DICOM by content) and group it into studies.
+
+    Never stops on one bad file: unreadable, non-chest, duplicate and unknown-view files are listed
+    in `set_aside` with the reason. Hidden files and CSV/TSV tables (manifests) are not read.
+    `verify_pixels` decodes every image to catch damaged pixel data now rather than at training time.
+    """
+    sources, set_aside = collect_sources(path, progress=progress, verify_pixels=verify_pixels)
+    return assemble_studies(sources, set_aside=set_aside)
+
+
+def collect_sources(
+    path: str | Path, *, progress: Progress | None = None, verify_pixels: bool = False
+) -> tuple[list[ImageSource], list[SetAside]]:
+    """Read the header of each file under `path` and decide its view; pixels only when tags cannot."""
+    root = Path(path)
+    if not root.exists():
+        raise TwoviewError(f"{root}: no such file or folder")
+    files = _list_files(root)
+    sources: list[ImageSource] = []
+    set_aside: list[SetAside] = []
+    for done, file in enumerate(files, start=1):
+        try:
+            source = _read_source(file, root, verify_pixels=verify_pixels)
+        except UnsupportedModalityError as err:
+            set_aside.append(SetAside(file, err.reason, kind="not_chest"))
+        except ImageError as err:
+            set_aside.append(SetAside(file, err.reason))
+        except OSError as err:
+            set_aside.append(SetAside(file, f"the file cannot be read ({err.strerror or err})"))
+        except Exception as err:  # one file's surprise must not end a scan of thousands
+            logger.exception("unexpected error reading %s", file)
+            set_aside.append(SetAside(file, f"unexpected {type(err).__name__} while reading: {err}"))
+        else:
+            if is_chest(source.body_part):
+                sources.append(source)
+            else:
+                reason = f"not a chest X-ray: BodyPartExamined is {source.body_part!r}"
+                set_aside.append(SetAside(file, reason, source.study_id, "not_chest"))
+        if progress is not None:
+            progress(done, len(files), file)
+    return sources, set_aside
+
+
+def assemble_studies(
+    sources: Iterable[ImageSource],
+    overrides: Mapping[str | Path, View | str | None] | None = None,
+    *,
+    set_aside: Iterable[SetAside] = (),
+) -> ScanResult:
+    """Group sources by study id and choose one frontal and one lateral each.
+
+    `overrides` maps a path to the view the user chose (None sets the file aside). Frontal: PA over
+    AP, then the larger image, then the first path; lateral: LL over RL, then the same.
+    """
+    forced = {Path(p): None if v is None else View(v) for p, v in (overrides or {}).items()}
+    all_sources = tuple(sorted(sources, key=lambda s: str(s.path)))
+    groups: dict[str, list[ImageSource]] = defaultdict(list)
+    for source in all_sources:
+        if source.path in forced:
+            view = forced[source.path]
+            source = source.with_view(view, "set by the user" if view else _EXCLUDED)
+        groups[source.study_id].append(source)
+
+    studies: list[Study] = []
+    aside = list(set_aside)
+    for study_id in sorted(groups):
+        group = groups[study_id]
+        study_aside = [_unknown(s) for s in group if s.view is None]
+        frontal, extra = _choose(group, View.FRONTAL, _FRONTAL_RANK)
+        study_aside += extra
+        lateral, extra = _choose(group, View.LATERAL, _LATERAL_RANK)
+        study_aside += extra
+        study_aside.sort(key=lambda a: str(a.path))
+        aside += study_aside
+        if frontal is None and lateral is None:
+            continue
+        patient = next((s.patient_id for s in (frontal, lateral) if s is not None and s.patient_id), "")
+        studies.append(Study(study_id, patient, frontal, lateral, tuple(study_aside)))
+    aside.sort(key=lambda a: str(a.path))
+    return ScanResult(tuple(studies), tuple(aside), all_sources)
+
+
+def _choose(
+    group: list[ImageSource], view: View, rank: Mapping[str, int]
+) -> tuple[ImageSource | None, list[SetAside]]:
+    """The preferred source of one view and a SetAside for each other one."""
+
+    def key(s: ImageSource) -> tuple[int, int, str]:
+        return (rank.get(s.view_position, len(rank) + 1), -(s.rows * s.columns), str(s.path))
+
+    candidates = sorted((s for s in group if s.view is view), key=key)
+    if not candidates:
+        return None, []
+    kept = candidates[0]
+    aside = []
+    for other in candidates[1:]:
+        if kept.sop_uid and kept.sop_uid == other.sop_uid:
+            why = "a copy of the same image (same SOP Instance UID)"
+        elif rank.get(kept.view_position, 99) < rank.get(other.view_position, 99):
+            why = f"{kept.view_position} preferred over {other.view_position or 'untagged'}"
+        elif kept.rows * kept.columns > other.rows * other.columns:
+            why = "the larger image kept"
+        else:
+            why = "the first by path kept"
+        reason = f"second {view.value} view in study {kept.study_id}; kept {kept.path} ({why})"
+        aside.append(SetAside(other.path, reason, kept.study_id, "duplicate"))
+    return kept, aside
+
+
+def _unknown(source: ImageSource) -> SetAside:
+    if source.view_reason == _EXCLUDED:
+        return SetAside(source.path, _EXCLUDED, source.study_id, "excluded")
+    return SetAside(source.path, f"unknown view: {source.view_reason}", source.study_id, "unknown_view")
+
+
+def _read_source(path: Path, root: Path, *, verify_pixels: bool) -> ImageSource:
+    """Header first; decode the pixels only when the tags do not decide the view, then drop them."""
+    image = read_image(path) if verify_pixels else read_header(path)
+    decision = detect_view(image)
+    if decision.view is None and not image.pixels.size:
+        image = read_image(path)
+        decision = detect_view(image)
+    return ImageSource.from_image(image, decision, image.study_uid or _path_id(path, root))
+
+
+def _path_id(path: Path, root: Path) -> str:
+    """A study id for a file without a StudyInstanceUID (PNG/JPEG): its path under the root, no suffix."""
+    try:
+        relative = path.relative_to(root) if root.is_dir() else Path(path.name)
+    except ValueError:
+        relative = path
+    return relative.with_suffix("").as_posix()
+
+
+def _list_files(root: Path) -> list[Path]:
+    """Every regular file under root (or root itself), sorted; hidden names and CSV/TSV tables skipped."""
+    if root.is_file():
+        return [root]
+    found = []
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if any(part.startswith(".") for part in parts):
+            continue
+        if path.is_file() and path.suffix.lower() not in _TABLE_SUFFIXES:
+            found.append(path)
+    return sorted(found, key=str)

@@ -1,0 +1,163 @@
+"""MONAI transforms from a `ModelConfig`: deterministic resize-and-pad (cached), then augment and normalise.
+
+Arrays are channel-first `[1, H, W]` float32 in [0, 1]. `preprocess` runs once per file (its output is
+what the decoded-image cache keeps); `augment` (training only) and `normalise` run on that small array
+every epoch. `PerViewd` applies an array transform to the `frontal` and `lateral` keys of a sample with
+an independent random draw per view (MONAI's own `*d` transforms share one draw across keys).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureType,
+    MapTransform,
+    NormalizeIntensity,
+    RandAdjustContrast,
+    RandAffine,
+    RandGaussianNoise,
+    Randomizable,
+    Resize,
+    SpatialPad,
+)
+
+from models.config import ModelConfig
+
+__all__ = [
+    "VIEW_KEYS",
+    "AugmentSettings",
+    "PerViewd",
+    "augment_transform",
+    "epoch_transform",
+    "preprocess",
+    "preprocess_settings",
+    "preprocess_transform",
+    "normalise_transform",
+]
+
+#: The sample keys that hold one view's image each.
+VIEW_KEYS: tuple[str, ...] = ("frontal", "lateral")
+#: Bump when `preprocess_transform` changes what it outputs, so old cache entries stop matching.
+PREPROCESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training augmentation strengths: small, plausible changes of positioning and exposure."""
+
+    rotate_degrees: float = 10.0  # patients stand slightly rotated
+    scale: float = 0.10  # distance to the detector varies
+    translate: float = 0.05  # fraction of the image side
+    gamma: tuple[float, float] = (0.8, 1.25)  # exposure / processing differences
+    noise_std: float = 0.02  # quantum noise, on the [0, 1] scale
+    prob: float = 0.8  # each augmentation fires with this probability
+
+
+def preprocess_settings(config: ModelConfig) -> dict[str, Any]:
+    """What determines the preprocessed array; part of every cache key."""
+    return {
+        "version": PREPROCESS_VERSION,
+        "image_size": config.image_size,
+        "mode": "area",
+        "pad": "symmetric",
+    }
+
+
+def preprocess_transform(config: ModelConfig) -> Compose:
+    """Resize so the longer side is `image_size` (aspect ratio kept), pad with 0 (air) to a square."""
+    size = config.image_size
+    return Compose(
+        [
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+            Resize(spatial_size=size, size_mode="longest", mode="area"),
+            SpatialPad(spatial_size=(size, size), method="symmetric", mode="constant", value=0.0),
+            EnsureType(data_type="numpy", dtype=np.float32, track_meta=False),
+        ]
+    )
+
+
+def preprocess(pixels: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """One decoded `[H, W]` (or `[1, H, W]`) image to the cached `[1, S, S]` float32 array."""
+    array = np.asarray(pixels, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] != 1:
+        raise ValueError(f"expected a [H, W] or [1, H, W] image, got shape {array.shape}")
+    return np.ascontiguousarray(preprocess_transform(config)(array), dtype=np.float32)
+
+
+def augment_transform(config: ModelConfig, settings: AugmentSettings | None = None) -> Compose:
+    """Random affine (rotation, scale, translation), contrast (gamma) and Gaussian noise."""
+    s = settings or AugmentSettings()
+    shift = s.translate * config.image_size
+    return Compose(
+        [
+            RandAffine(
+                prob=s.prob,
+                rotate_range=(math.radians(s.rotate_degrees),),
+                scale_range=(s.scale, s.scale),
+                translate_range=(shift, shift),
+                mode="bilinear",
+                padding_mode="zeros",
+            ),
+            RandAdjustContrast(prob=s.prob, gamma=s.gamma),
+            RandGaussianNoise(prob=s.prob, mean=0.0, std=s.noise_std),
+        ]
+    )
+
+
+def normalise_transform(config: ModelConfig) -> Compose:
+    """`(x - norm_mean) / norm_std`, returned as a plain float32 tensor."""
+    return Compose(
+        [
+            NormalizeIntensity(subtrahend=config.norm_mean, divisor=config.norm_std),
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
+
+
+def epoch_transform(config: ModelConfig, *, train: bool, augment: AugmentSettings | None = None) -> Compose:
+    """What runs on each cached `[1, S, S]` array every epoch: augment (training only), then normalise."""
+    steps: list[Callable] = [EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False)]
+    if train:
+        steps.append(augment_transform(config, augment))
+    steps.append(normalise_transform(config))
+    return Compose(steps)
+
+
+class PerViewd(MapTransform, Randomizable):
+    """Apply an array transform to each view key, with its own copy and random draws per key.
+
+    Keys whose value is missing or None (a study without that view) are left as they are.
+    """
+
+    def __init__(self, transform: Callable, keys: Sequence[str] = VIEW_KEYS) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        self.transforms = {key: copy.deepcopy(transform) for key in self.keys}
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> PerViewd:
+        super().set_random_state(seed, state)
+        for transform in self.transforms.values():
+            if isinstance(transform, Randomizable):
+                transform.set_random_state(seed=int(self.R.randint(2**31)))
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draws happen inside each key's own transform."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            if out[key] is not None:
+                out[key] = self.transforms[key](out[key])
+        return out

@@ -1,0 +1,285 @@
+"""Findings painted into a phantom volume, each with a severity and a 3D position.
+
+Every finding records how it changed the attenuation line integrals of each view, so the renderer can
+tell whether a radiologist could see it on the frontal view, the lateral view, or both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sample_data.anatomy import HEART_TILT_DEG, MU, Anatomy, Painter, heart_radii
+
+__all__ = [
+    "LABELS",
+    "SITES",
+    "Finding",
+    "FindingError",
+    "PlacedFinding",
+    "apply_findings",
+    "random_findings",
+]
+
+LABELS = ("pleural_effusion", "nodule", "cardiomegaly", "pneumothorax", "consolidation")
+SITES = {
+    "pleural_effusion": ("left", "right", "both"),
+    "nodule": ("retrocardiac", "subdiaphragmatic", "upper", "peripheral", "any"),
+    "cardiomegaly": ("heart",),
+    "pneumothorax": ("left", "right"),
+    "consolidation": ("RUL", "RML", "RLL", "LUL", "LLL"),
+}
+
+
+class FindingError(ValueError):
+    """A finding that cannot be placed: unknown label or site, or no room for it in this patient."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What to add: a label, a severity in (0, 1] and a site from ``SITES[label]``."""
+
+    label: str
+    severity: float
+    site: str
+
+    def __post_init__(self) -> None:
+        if self.label not in SITES:
+            raise FindingError(f"unknown finding '{self.label}'; choose one of: {', '.join(LABELS)}")
+        if self.site not in SITES[self.label]:
+            raise FindingError(
+                f"unknown site '{self.site}' for {self.label}; choose one of: {', '.join(SITES[self.label])}"
+            )
+        if not 0.0 < self.severity <= 1.0:
+            raise FindingError(f"severity must be in (0, 1], got {self.severity}")
+
+
+@dataclass
+class PlacedFinding:
+    """A finding as placed: its centre, its size, and its line-integral change in each view."""
+
+    finding: Finding
+    position_mm: tuple[float, float, float]  # patient x, y, z
+    size: float  # nodule diameter mm, effusion mL, pneumothorax rim mm, consolidation mL, heart CTR
+    delta_frontal: np.ndarray  # [z, x] change of the line integral along y
+    delta_lateral: np.ndarray  # [z, y] change of the line integral along x
+
+
+def random_findings(rng: np.random.Generator, p_normal: float = 0.35) -> list[Finding]:
+    """Draw zero to three findings with plausible severities and sites."""
+    if rng.random() < p_normal:
+        return []
+    n = 1 + int(rng.random() < 0.35) + int(rng.random() < 0.1)
+    labels = rng.choice(len(LABELS), size=n, replace=False, p=[0.25, 0.25, 0.2, 0.12, 0.18])
+    found = []
+    for i in sorted(labels):
+        label = LABELS[i]
+        sites = SITES[label]
+        weights = {"nodule": [0.25, 0.15, 0.2, 0.2, 0.2]}.get(label)
+        site = sites[int(rng.choice(len(sites), p=weights))]
+        severity = float(np.clip(rng.beta(1.3, 2.2), 0.03, 1.0))
+        found.append(Finding(label, round(severity, 3), site))
+    return found
+
+
+def apply_findings(anatomy: Anatomy, findings: list[Finding]) -> list[PlacedFinding]:
+    """Paint ``findings`` into ``anatomy.mu`` in order; deterministic in the patient's seed."""
+    rng = np.random.default_rng([anatomy.patient.seed, 7])
+    placed = []
+    for f in findings:
+        before = anatomy.mu.copy()
+        position, size = _APPLY[f.label](anatomy, f, rng)
+        delta = anatomy.mu - before
+        v = anatomy.grid.voxel_mm
+        placed.append(PlacedFinding(f, position, size, delta.sum(axis=1) * v, delta.sum(axis=2) * v))
+    return placed
+
+
+def _coords(an: Anatomy, k: np.ndarray, j: np.ndarray, i: np.ndarray) -> np.ndarray:
+    z, _, _ = an.grid.axes()
+    return np.stack([an.px[0, j, i], an.py[0, j, i], z[k]], axis=-1)
+
+
+def _side(an: Anatomy, side: str) -> np.ndarray:
+    return an.px > 0 if side == "left" else an.px < 0
+
+
+def _effusion(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[float, float, float], float]:
+    """Fluid fills the lowest lung first, the posterior costophrenic recess, with a meniscus at the wall."""
+    z, _, _ = an.grid.axes()
+    zz = z[:, None, None]
+    height = 12.0 + 110.0 * f.severity**1.2
+    aerated = an.mu == MU["lung"]
+    total = np.zeros(an.mu.shape, dtype=bool)
+    for side in ("left", "right") if f.site == "both" else (f.site,):
+        region = an.lung & _side(an, side) & aerated
+        k = np.nonzero(region.any(axis=(1, 2)))[0]
+        if k.size == 0:
+            raise FindingError(f"no {side} lung to hold an effusion")
+        bottom = z[k.max()] + an.grid.voxel_mm / 2
+        a, b = an.thorax(z)
+        rho = np.sqrt(
+            (an.px / a[:, None, None]) ** 2 + ((an.py - an.landmarks["cage_yc"]) / b[:, None, None]) ** 2
+        )
+        level = bottom - height - 10.0 * np.clip(height / 40.0, 0.0, 1.0) * rho**6
+        total |= region & (zz > level)
+    an.mu[total] = MU["fluid"]
+    k, j, i = np.nonzero(total)
+    if k.size == 0:
+        raise FindingError("the effusion is too small for this grid")
+    volume_ml = float(k.size * an.grid.voxel_mm**3 / 1000.0)
+    return tuple(float(c) for c in _coords(an, k, j, i).mean(axis=0)), volume_ml
+
+
+def _nodule(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[float, float, float], float]:
+    """A soft-tissue sphere inside aerated lung at the requested site."""
+    z, _, _ = an.grid.axes()
+    lm = an.landmarks
+    radius = 3.5 + 22.0 * f.severity
+    ok = an.lung & (an.mu == MU["lung"])
+    zz = z[:, None, None]
+    if f.site == "retrocardiac":
+        ok &= an.heart.any(axis=1, keepdims=True) & (an.px > 0) & (an.py > lm["heart_y"] + 10.0)
+    elif f.site == "subdiaphragmatic":
+        ok &= zz > np.where(an.px > 0, lm["dome_l"], lm["dome_r"]) + radius + 6.0
+    elif f.site == "upper":
+        ok &= zz < lm["carina"]
+    elif f.site == "peripheral":
+        ok &= np.abs(an.px) > 0.6 * lm["cage_a"]
+    k, j, i = np.nonzero(ok)
+    if k.size == 0:
+        if f.site == "any":
+            raise FindingError("no aerated lung left for a nodule in this patient")
+        return _nodule(an, Finding(f.label, f.severity, "any"), rng)
+    pts = _coords(an, k, j, i)
+    checks = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], np.float32)
+    for idx in rng.permutation(k.size)[:400]:
+        c = pts[idx]
+        if all(_in_lung(an, c + d * radius * 0.7) for d in checks):
+            break
+    else:
+        radius *= 0.6
+        c = pts[rng.integers(k.size)]
+    painter = Painter(an.grid, an.mu, float(np.deg2rad(an.patient.rotation_deg)))
+    sl, occ = painter.ellipsoid(tuple(float(v) for v in c), (radius, radius * 0.95, radius * 1.05))
+    painter.paint_max(sl, occ, MU["soft"])
+    return tuple(float(v) for v in c), 2.0 * radius
+
+
+def _in_lung(an: Anatomy, p: np.ndarray) -> bool:
+    rot = np.deg2rad(an.patient.rotation_deg)
+    gx = p[0] * np.cos(rot) - p[1] * np.sin(rot)
+    gy = p[0] * np.sin(rot) + p[1] * np.cos(rot)
+    g = an.grid
+    idx = (
+        int(p[2] / g.voxel_mm),
+        int((gy + g.depth_mm / 2) / g.voxel_mm),
+        int((gx + g.width_mm / 2) / g.voxel_mm),
+    )
+    if any(not 0 <= c < n for c, n in zip(idx, an.mu.shape, strict=True)):
+        return False
+    return bool(an.lung[idx]) and an.mu[idx] == MU["lung"]
+
+
+def _cardiomegaly(
+    an: Anatomy, f: Finding, rng: np.random.Generator
+) -> tuple[tuple[float, float, float], float]:
+    """An enlarged heart taking over the neighbouring lung; size is the resulting frontal CTR."""
+    lm = an.landmarks
+    scale = an.patient.heart_scale * (1.2 + 0.35 * f.severity)
+    painter = Painter(an.grid, an.mu, float(np.deg2rad(an.patient.rotation_deg)))
+    center = (lm["heart_x"] + 6.0 * f.severity * lm["scale"], lm["heart_y"], lm["heart_z"])
+    sl, occ = painter.ellipsoid(center, heart_radii(lm, scale), tilt_deg=HEART_TILT_DEG)
+    painter.paint_max(sl, occ, MU["blood"])
+    an.heart[sl] |= occ > 0.5
+    an.lung[sl] &= ~(occ > 0.5)
+    return center, cardiothoracic_ratio(an)
+
+
+def cardiothoracic_ratio(an: Anatomy) -> float:
+    """Widest heart shadow over widest inner rib-cage width on the frontal projection."""
+    v = an.grid.voxel_mm
+    heart_cols = an.heart.any(axis=(0, 1))
+    cage_cols = (an.lung | an.heart).any(axis=1)  # [z, x]
+    width = cage_cols.sum(axis=1).max() * v
+    return float(heart_cols.sum() * v / width)
+
+
+def _pneumothorax(
+    an: Anatomy, f: Finding, rng: np.random.Generator
+) -> tuple[tuple[float, float, float], float]:
+    """The lung shrinks towards its hilum, leaving air without markings and a thin visceral pleural line."""
+    z, _, _ = an.grid.axes()
+    lm = an.landmarks
+    sign = 1.0 if f.site == "left" else -1.0
+    hilum = np.array([sign * 60.0 * lm["scale"], 5.0 * lm["scale"], lm["carina"] + 25.0], np.float32)
+    region = an.lung & _side(an, f.site) & (an.mu == MU["lung"])
+    k, j, i = np.nonzero(region)
+    pts = _coords(an, k, j, i)
+    collapse = 0.05 + 0.3 * f.severity
+
+    def outside(frac: float) -> np.ndarray:
+        q = hilum + (pts - hilum) / (1.0 - frac)
+        a, b = an.thorax(q[:, 2])
+        rho = np.sqrt((q[:, 0] / a) ** 2 + ((q[:, 1] - lm["cage_yc"]) / b) ** 2)
+        return (rho > 1.0) | (q[:, 2] < lm["cage_top"])
+
+    air = outside(collapse)
+    line = ~air & outside(collapse + 3.5 / 100.0)
+    an.mu[k[air], j[air], i[air]] = MU["air"]
+    an.mu[k[line], j[line], i[line]] = MU["lung"] + 0.007
+    an.lung[k[air], j[air], i[air]] = False
+    if not air.any():
+        raise FindingError("the pneumothorax is too small for this grid")
+    apex = pts[air][np.argmin(pts[air][:, 2])]
+    rim = float(np.ptp(pts[air][:, 0])) if air.sum() > 1 else an.grid.voxel_mm
+    return tuple(float(c) for c in apex), min(rim, collapse * 2.0 * lm["cage_a"])
+
+
+def lobes(an: Anatomy) -> dict[str, np.ndarray]:
+    """Lobe masks from an oblique fissure on each side and a horizontal fissure on the right."""
+    z, _, _ = an.grid.axes()
+    lm = an.landmarks
+    zz = z[:, None, None]
+    y0, z0 = lm["spine_y"] - 10.0, lm["cage_top"] + 70.0
+    y1, z1 = -0.7 * lm["cage_b"], lm["dome_r"]
+    fissure = z0 + (an.py - y0) * (z1 - z0) / (y1 - y0)
+    lower = zz > fissure
+    right, left = an.px < 0, an.px > 0
+    horizontal = zz < lm["carina"] + 45.0
+    return {
+        "RUL": an.lung & right & ~lower & horizontal,
+        "RML": an.lung & right & ~lower & ~horizontal,
+        "RLL": an.lung & right & lower,
+        "LUL": an.lung & left & ~lower,
+        "LLL": an.lung & left & lower,
+    }
+
+
+def _consolidation(
+    an: Anatomy, f: Finding, rng: np.random.Generator
+) -> tuple[tuple[float, float, float], float]:
+    """Airspace opacity filling part of one lobe, bounded by its fissures."""
+    lobe = lobes(an)[f.site] & (an.mu == MU["lung"])
+    k, j, i = np.nonzero(lobe)
+    if k.size == 0:
+        raise FindingError(f"lobe {f.site} is empty in this patient")
+    pts = _coords(an, k, j, i)
+    seed = pts[rng.integers(k.size)]
+    center = 0.5 * (pts.mean(axis=0) + seed)
+    dist = np.linalg.norm(pts - center, axis=1)
+    keep = dist <= np.quantile(dist, 0.2 + 0.8 * f.severity)
+    texture = rng.uniform(0.75, 0.95, size=int(keep.sum())).astype(np.float32)
+    an.mu[k[keep], j[keep], i[keep]] = MU["lung"] + (MU["soft"] - MU["lung"]) * texture
+    volume_ml = float(keep.sum() * an.grid.voxel_mm**3 / 1000.0)
+    return tuple(float(c) for c in pts[keep].mean(axis=0)), volume_ml
+
+
+_APPLY = {
+    "pleural_effusion": _effusion,
+    "nodule": _nodule,
+    "cardiomegaly": _cardiomegaly,
+    "pneumothorax": _pneumothorax,
+    "consolidation": _consolidation,
+}

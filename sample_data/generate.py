@@ -1,0 +1,268 @@
+"""Write a synthetic dataset: DICOM studies laid out like a PACS export, plus labels.csv and truth.csv.
+
+The first studies of every dataset are a fixed showcase (lateral-only findings, each compression,
+MONOCHROME1, no ViewPosition, AP, an extra frontal); the rest are drawn at random. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from sample_data.anatomy import Patient, random_patient
+from sample_data.dicom_writer import DicomImage, write_image
+from sample_data.findings import LABELS, Finding, random_findings
+from sample_data.phantom import Radiographs, simulate
+
+__all__ = [
+    "LABELS_HEADER",
+    "DatasetSummary",
+    "GenerateError",
+    "write_dataset",
+]
+
+LABELS_HEADER = ("study_id", "patient_id", "frontal", "lateral", *LABELS)
+TRUTH_HEADER = (
+    "study_id",
+    "patient_id",
+    "route",
+    "finding",
+    "present",
+    "severity",
+    "site",
+    "size",
+    "visible_frontal",
+    "visible_lateral",
+    "contrast_frontal",
+    "contrast_lateral",
+)
+_ROOT_UID = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as generate_uid uses by default
+
+
+class GenerateError(ValueError):
+    """Bad arguments to ``write_dataset``."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one study is written: which views, which findings, and the file-level oddities."""
+
+    route: str  # "two_view", "frontal_only", "lateral_only"
+    findings: tuple[Finding, ...] = ()
+    photometric: str = "MONOCHROME2"
+    compression: str = "none"
+    view_position: str | None = "PA"  # of the frontal; None leaves the tag out
+    extra_frontal: bool = False
+
+
+_SHOWCASE = (
+    _Plan("two_view", (Finding("pleural_effusion", 0.12, "left"),)),
+    _Plan("two_view", (Finding("nodule", 0.2, "retrocardiac"),)),
+    _Plan("two_view", (Finding("cardiomegaly", 0.6, "heart"),)),
+    _Plan("two_view", (Finding("pneumothorax", 0.6, "right"),)),
+    _Plan("two_view", (Finding("consolidation", 0.7, "RML"),)),
+    _Plan("two_view", (), photometric="MONOCHROME1"),
+    _Plan("frontal_only", (Finding("nodule", 0.45, "upper"),), compression="rle"),
+    _Plan("lateral_only", (Finding("pleural_effusion", 0.5, "both"),), compression="jpeg-ls"),
+    _Plan("two_view", (Finding("consolidation", 0.6, "LLL"),), compression="jpeg2000"),
+    _Plan("frontal_only", (), view_position=None),
+    _Plan("frontal_only", (Finding("cardiomegaly", 0.4, "heart"),), view_position="AP"),
+    _Plan("two_view", (Finding("nodule", 0.3, "subdiaphragmatic"),), extra_frontal=True),
+    _Plan("lateral_only", ()),
+    _Plan("two_view", (Finding("pleural_effusion", 0.7, "right"), Finding("cardiomegaly", 0.5, "heart"))),
+)
+
+
+@dataclass
+class DatasetSummary:
+    """What ``write_dataset`` wrote."""
+
+    out_dir: Path
+    studies: int
+    routes: dict[str, int] = field(default_factory=dict)
+    findings: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+    seconds: float = 0.0
+
+
+def write_dataset(
+    out_dir: str | Path,
+    n_studies: int,
+    seed: int = 0,
+    size: int = 1024,
+    showcase: bool = True,
+) -> DatasetSummary:
+    """Write ``n_studies`` synthetic studies of about ``size`` px under ``out_dir``; deterministic in ``seed``."""
+    if n_studies < 1:
+        raise GenerateError(f"n_studies must be at least 1, got {n_studies}")
+    if not 64 <= size <= 4096:
+        raise GenerateError(f"size must be 64..4096 px, got {size}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = DatasetSummary(out, n_studies, {r: 0 for r in ("two_view", "frontal_only", "lateral_only")})
+    summary.findings = dict.fromkeys(LABELS, 0)
+    label_rows, truth_rows = [], []
+    for index in range(n_studies):
+        rng = np.random.default_rng([seed, index])
+        patient = random_patient(rng)
+        plan = _SHOWCASE[index] if showcase and index < len(_SHOWCASE) else _random_plan(rng)
+        if plan.findings and any(f.label == "cardiomegaly" for f in plan.findings):
+            patient = replace(patient, heart_scale=min(patient.heart_scale, 1.0))
+        files, images = _write_study(out, index, seed, size, patient, plan, rng)
+        summary.routes[plan.route] += 1
+        summary.files += sum(key.startswith("file") for key in files)
+        present = {t.label for t in images.truth}
+        for label in present:
+            summary.findings[label] += 1
+        study_uid, patient_id = files["study_uid"], files["patient_id"]
+        label_rows.append(
+            [study_uid, patient_id, files.get("frontal", ""), files.get("lateral", "")]
+            + [int(label in present) for label in LABELS]
+        )
+        truth_rows.extend(_truth_rows(study_uid, patient_id, plan.route, images))
+    _write_csv(out / "labels.csv", LABELS_HEADER, label_rows)
+    _write_csv(out / "truth.csv", TRUTH_HEADER, truth_rows)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _random_plan(rng: np.random.Generator) -> _Plan:
+    route = ("two_view", "frontal_only", "lateral_only")[int(rng.choice(3, p=[0.6, 0.25, 0.15]))]
+    return _Plan(
+        route,
+        tuple(random_findings(rng)),
+        photometric="MONOCHROME1" if rng.random() < 0.15 else "MONOCHROME2",
+        compression=("none", "rle", "jpeg-ls", "jpeg2000")[int(rng.choice(4, p=[0.55, 0.15, 0.15, 0.15]))],
+        view_position=None if rng.random() < 0.05 else ("AP" if rng.random() < 0.08 else "PA"),
+        extra_frontal=route != "lateral_only" and rng.random() < 0.05,
+    )
+
+
+def _uid(seed: int, index: int, *parts: object) -> str:
+    return generate_uid(
+        prefix=_ROOT_UID, entropy_srcs=["twoview-phantom", str(seed), str(index), *map(str, parts)]
+    )
+
+
+def _write_study(
+    out: Path,
+    index: int,
+    seed: int,
+    size: int,
+    patient: Patient,
+    plan: _Plan,
+    rng: np.random.Generator,
+) -> tuple[dict[str, str], Radiographs]:
+    views = {"two_view": ("frontal", "lateral"), "frontal_only": ("frontal",), "lateral_only": ("lateral",)}[
+        plan.route
+    ]
+    images = simulate(patient, plan.findings, size=size, views=views)
+    patient_id = f"TV{seed % 10000:04d}{index:05d}"
+    study_uid = _uid(seed, index, "study")
+    day = int(rng.integers(0, 3650))
+    date = np.datetime64("2014-01-01") + np.timedelta64(day, "D")
+    birth = date - np.timedelta64(int(rng.integers(20 * 365, 85 * 365)), "D")
+    when = f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}{int(rng.integers(0, 60)):02d}"
+    modality = "CR" if rng.random() < 0.4 and plan.view_position is not None else "DX"
+    bits = int(rng.choice([12, 14, 15, 16]))
+    base = dict(
+        pixel_spacing_mm=images.pixel_spacing_mm,
+        patient_id=patient_id,
+        patient_name=f"PHANTOM^{patient_id}",
+        patient_sex=patient.sex,
+        birth_date=str(birth).replace("-", ""),
+        study_uid=study_uid,
+        study_date=str(date).replace("-", ""),
+        study_time=when,
+        accession=f"A{seed % 1000:03d}{index:06d}",
+        modality=modality,
+        bits_stored=bits,
+        photometric=plan.photometric,
+        compression=plan.compression,
+    )
+    study_dir = Path(patient_id) / f"ST{index:05d}"
+    written = {"study_uid": study_uid, "patient_id": patient_id}
+    shots = [(view, view) for view in views]
+    if plan.extra_frontal:
+        shots.append(("frontal", "frontal_extra"))
+    for number, (view, role) in enumerate(shots, start=1):
+        pixels = images.frontal if view == "frontal" else images.lateral
+        if role == "frontal_extra":
+            pixels = np.clip(pixels * 0.92 + 0.04, 0.0, 1.0)
+        pixels = _crop(pixels, view, rng)
+        position = plan.view_position if view == "frontal" else "LL"
+        name = f"{number}.dcm" if rng.random() < 0.7 else f"IM{number:04d}"
+        rel = study_dir / f"SE{number:03d}" / name
+        write_image(
+            out / rel,
+            DicomImage(
+                pixels=pixels,
+                series_uid=_uid(seed, index, "series", number),
+                sop_uid=_uid(seed, index, "image", number),
+                series_number=number,
+                instance_number=1,
+                view=view,
+                view_position=position,
+                series_description={
+                    "frontal": "CHEST PA",
+                    "lateral": "CHEST LAT",
+                    "frontal_extra": "CHEST PA",
+                }[role]
+                if position != "AP"
+                else "CHEST AP",
+                **base,
+            ),
+        )
+        if role != "frontal_extra":
+            written[view] = rel.as_posix()
+        written[f"file{number}"] = rel.as_posix()
+    return written, images
+
+
+def _crop(pixels: np.ndarray, view: str, rng: np.random.Generator) -> np.ndarray:
+    """Vary sizes and aspect ratios as real detectors and collimation do."""
+    rows, cols = pixels.shape
+    keep_cols = int(round(cols * rng.uniform(0.78, 0.92 if view == "lateral" else 1.0)))
+    keep_rows = int(round(rows * rng.uniform(0.9, 1.0)))
+    c0 = (cols - keep_cols) // 2
+    return np.ascontiguousarray(pixels[:keep_rows, c0 : c0 + keep_cols])
+
+
+def _truth_rows(study_uid: str, patient_id: str, route: str, images: Radiographs) -> list[list[object]]:
+    rows = []
+    by_label = {t.label: t for t in images.truth}
+    for label in LABELS:
+        t = by_label.get(label)
+        if t is None:
+            rows.append([study_uid, patient_id, route, label, 0, 0, "", "", 0, 0, 0, 0])
+            continue
+        rows.append(
+            [
+                study_uid,
+                patient_id,
+                route,
+                label,
+                1,
+                t.severity,
+                t.site,
+                t.size,
+                int(t.visible_frontal),
+                int(t.visible_lateral),
+                t.contrast_frontal,
+                t.contrast_lateral,
+            ]
+        )
+    return rows
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[object]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)

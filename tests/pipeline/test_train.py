@@ -1,0 +1,196 @@
+"""Fine-tuning with a real Lightning Trainer on the bundled sample studies (tiny network, 64 px)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load, read_config
+from pipeline.manifest import read_manifest
+from pipeline.runs import read_metrics
+from pipeline.train import TrainError, TrainSettings, fit, patient_split
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
+MANIFEST = SAMPLES / "labels.csv"
+TINY = ["--arch", "tiny", "--start", "scratch", "--image-size", "64", "--batch-size", "4", "--workers", "0"]
+
+
+def settings(out: Path, **overrides) -> TrainSettings:
+    base = dict(
+        manifest=str(MANIFEST),
+        out_dir=str(out),
+        arch="tiny",
+        start="scratch",
+        image_size=64,
+        batch_size=4,
+        workers=0,
+        epochs=2,
+        lr=3e-3,
+        view_dropout=0.0,
+        head_weights_start=(1.0, 1.0, 1.0),
+        head_weights_end=(1.0, 1.0, 1.0),
+    )
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def twoview(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["twoview", *args], capture_output=True, text=True, timeout=300, env=env, **kwargs)
+
+
+def test_patient_split_keeps_patients_whole_and_covers_labels():
+    manifest = read_manifest(MANIFEST)
+    train, val = patient_split(manifest, 0.25, seed=0)
+    assert len(train) + len(val) == len(manifest)
+    assert not set(train.patient_ids) & set(val.patient_ids)
+    assert abs(len(val) - 0.25 * len(manifest)) <= 2
+    for j, name in enumerate(manifest.label_names):
+        column = manifest.labels[:, j]
+        if (column == 1).sum() >= 2:  # labels with positives to spare get one in validation
+            assert (val.labels[:, j] == 1).any(), name
+    again = patient_split(manifest, 0.25, seed=0)[1]
+    assert [s.study_id for s in again.studies] == [s.study_id for s in val.studies]
+
+
+def test_two_epochs_lower_the_loss_and_leave_a_complete_run(tmp_path):
+    out = tmp_path / "run"
+    result = fit(settings(out, epochs=4))
+    series = read_metrics(out / "metrics.csv")
+    by_epoch = {}
+    for epoch, value in series["train/loss"]:
+        by_epoch.setdefault(epoch, []).append(value)
+    means = [np.mean(by_epoch[e]) for e in sorted(by_epoch)]
+    assert len(means) == 4 and means[-1] < means[0]
+    for name in (
+        "best.safetensors",
+        "last.safetensors",
+        "report.md",
+        "report.json",
+        "curves.png",
+        "settings.json",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    config = read_config(out / "best.safetensors")
+    assert config.provenance["train_studies"] + config.provenance["val_studies"] == len(
+        read_manifest(MANIFEST)
+    )
+    assert set(config.thresholds) <= set(config.labels) and config.thresholds
+    net = load(out / "best.safetensors")
+    assert net.config.labels == tuple(read_manifest(MANIFEST).label_names)
+    assert result.report.heads["final"].n == config.provenance["val_studies"]
+    report = (out / "report.md").read_text()
+    assert "frontal head alone vs the joint head" in report and "Youden" in report
+    assert any(k.startswith("val/auroc_final") for k in series)
+    assert "lr-AdamW" in series or any(k.startswith("lr") for k in series)
+
+
+def test_a_new_label_set_gets_new_heads_from_a_checkpoint(tmp_path, caplog):
+    first = tmp_path / "first"
+    fit(settings(first, epochs=1))
+    subset = tmp_path / "two_labels.csv"
+    with open(MANIFEST) as f, open(subset, "w", newline="") as g:
+        rows = list(csv.DictReader(f))
+        keep = ["study_id", "patient_id", "frontal", "lateral", "nodule", "cardiomegaly"]
+        writer = csv.DictWriter(g, keep)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in keep})
+    second = tmp_path / "second"
+    with caplog.at_level("INFO"):
+        fit(
+            settings(
+                second,
+                epochs=1,
+                manifest=str(subset),
+                images_dir=str(SAMPLES),
+                start=str(first / "best.safetensors"),
+            )
+        )
+    assert "new heads for labels ['nodule', 'cardiomegaly']" in caplog.text
+    assert load(second / "best.safetensors").config.labels == ("nodule", "cardiomegaly")
+    old, new = load(first / "best.safetensors"), load(second / "best.safetensors")
+    assert not torch.equal(old.frontal.trunk.conv0.weight, torch.zeros(1))  # loaded, then fine-tuned
+    assert new.frontal.head.out.weight.shape[0] == 2
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--manifest", str(MANIFEST), "--out", str(out), "--epochs", "4", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(["twoview", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "the run ended or timed out before its first checkpoint"
+    assert not (out / "report.md").exists()  # it really was stopped early
+    # A second plain start must not clobber the run.
+    again = twoview(*args)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = twoview("train", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = {e for e, _ in read_metrics(out / "metrics.csv")["train/loss"]}
+    assert epochs == {0, 1, 2, 3}
+    assert (out / "report.md").exists() and load(out / "best.safetensors")
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    done = twoview(
+        "train", "--manifest", str(MANIFEST), "--out", str(out), "--epochs", "1",
+        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", *TINY,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best model:") == 1  # only rank 0 reports
+    assert (out / "report.json").exists() and load(out / "best.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows[1].__setitem__("frontal", "missing/file.dcm"), "missing/file.dcm"),
+        (lambda rows: rows[2].__setitem__("nodule", "yes"), "column 'nodule'"),
+    ],
+)
+def test_bad_manifests_are_one_line_errors(tmp_path, edit, message):
+    with open(MANIFEST) as f:
+        rows = list(csv.DictReader(f))
+    edit(rows)
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    done = twoview(
+        "train", "--manifest", str(bad), "--images", str(SAMPLES), "--out", str(tmp_path / "o"), *TINY
+    )
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_too_few_positives_to_validate(tmp_path):
+    with open(MANIFEST) as f:
+        rows = list(csv.DictReader(f))
+    labels = ["pleural_effusion", "nodule", "cardiomegaly", "pneumothorax", "consolidation"]
+    for row in rows:
+        for name in labels:
+            row[name] = "0"
+    rows[0]["nodule"] = "1"  # one positive: it cannot be both trained on and validated
+    bad = tmp_path / "few.csv"
+    with open(bad, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(TrainError, match="too few positives to validate"):
+        fit(settings(tmp_path / "o", manifest=str(bad), images_dir=str(SAMPLES)))

@@ -1,0 +1,197 @@
+"""pipeline.views: each kind of evidence, its priority, the user override, and the pixel rule."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+
+from pipeline.dicom import XrayImage, read_image
+from pipeline.views import View, ViewDecision, detect_view, mirror_symmetry, view_from_pixels, view_from_text
+
+F, L = View.FRONTAL, View.LATERAL
+
+
+def _image(pixels: np.ndarray | None = None, name: str = "image.dcm", **tags: str) -> XrayImage:
+    """An XrayImage with only the given tags."""
+    empty = np.zeros((0, 0), dtype=np.float32)
+    return XrayImage(pixels=empty if pixels is None else pixels, path=Path(name), **tags)
+
+
+@pytest.fixture(scope="module")
+def rg1_untagged() -> list[XrayImage]:
+    """RG1 (uncompressed and lossy J2K) with every view tag and description removed."""
+    images = [read_image(get_testdata_file(name)) for name in ("RG1_UNCR.dcm", "RG1_J2KI.dcm")]
+    return [replace(i, view_position="", patient_orientation="", path=Path("x.dcm")) for i in images]
+
+
+@pytest.mark.parametrize(
+    ("value", "view"),
+    [
+        ("PA", F),
+        ("AP", F),
+        ("pa", F),
+        ("AP SUPINE", F),
+        ("LL", L),
+        ("RL", L),
+        ("LAT", L),
+        ("LATERAL", L),
+        ("LLD", L),
+        ("RLD", L),
+    ],
+)
+def test_view_position(value: str, view: View) -> None:
+    decision = detect_view(_image(view_position=value, series_description="frontal"))
+    assert decision.view is view
+    assert f"'{value.upper()}'" in decision.reason and "ViewPosition" in decision.reason
+    assert 0.5 <= decision.confidence <= 1.0
+
+
+def test_oblique_view_position_is_unknown() -> None:
+    assert detect_view(_image(view_position="RAO")).view is None
+
+
+@pytest.mark.parametrize(
+    ("orientation", "view"),
+    [
+        ("L\\F", F),
+        ("R\\F", F),
+        ("RH\\F", F),
+        ("F\\L", F),
+        ("A\\F", L),
+        ("P\\F", L),
+        ("H\\P", L),
+        ("L\\P", None),
+        ("L", None),
+    ],
+)
+def test_patient_orientation(orientation: str, view: View | None) -> None:
+    decision = detect_view(_image(view_position="XYZ", patient_orientation=orientation), use_pixels=False)
+    assert decision.view is view
+    if view is not None:
+        assert "Patient Orientation" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "view"),
+    [
+        ("THORAX PA", F),
+        ("Thorax p.a.", F),
+        ("Chest PA erect", F),
+        ("Chest AP portable", F),
+        ("Thorax a.p. liegend", F),
+        ("postero-anterior", F),
+        ("Posteroanterior chest", F),
+        ("Tórax frente", F),
+        ("Radiographie thoracique de face", F),
+        ("Torace frontale", F),
+        ("CHEST LAT", L),
+        ("Chest lateral", L),
+        ("Thorax seitlich", L),
+        ("Thorax seitl.", L),
+        ("Poumons profil", L),
+        ("Thorax latéral", L),
+        ("Tórax perfil", L),
+        ("Torace laterale", L),
+        ("paediatric chest", None),
+        ("Pediatric chest", None),
+        ("Bilateral hands", None),
+        ("Capacity test", None),
+        ("PA + LAT", None),
+        ("Thorax 2 Ebenen", None),
+        ("", None),
+    ],
+)
+def test_description_keywords(text: str, view: View | None) -> None:
+    decision = detect_view(_image(series_description=text), use_pixels=False)
+    assert decision.view is view, decision.reason
+    if view is not None:
+        assert "series description" in decision.reason and decision.confidence == pytest.approx(0.8)
+
+
+def test_protocol_name_used_when_series_description_is_silent() -> None:
+    decision = detect_view(_image(series_description="Chest", protocol_name="Thorax seitlich"))
+    assert decision.view is L and "protocol name" in decision.reason
+
+
+def test_view_code_sequence_meaning() -> None:
+    decision = detect_view(_image(view_code_meaning="postero-anterior", series_description="lateral"))
+    assert decision.view is F and "View Code" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "view"), [("view1_frontal.jpg", F), ("patient7_lat.png", L), ("scan_0001.png", None)]
+)
+def test_file_name(name: str, view: View | None) -> None:
+    decision = detect_view(_image(name=name), use_pixels=False)
+    assert decision.view is view
+    if view is not None:
+        assert decision.confidence < 0.8
+
+
+def test_tags_outrank_orientation_and_descriptions() -> None:
+    image = _image(view_position="LL", patient_orientation="L\\F", series_description="Thorax PA")
+    assert detect_view(image).view is L
+    image = _image(patient_orientation="A\\F", series_description="Thorax PA", name="frontal.dcm")
+    assert detect_view(image).view is L
+
+
+def test_override_is_set_by_user() -> None:
+    assert ViewDecision.override("lateral") == (L, "set by user", 1.0)
+    assert ViewDecision.override(View.FRONTAL).view is F
+    with pytest.raises(ValueError):
+        ViewDecision.override("oblique")
+
+
+def test_no_evidence_at_all_is_unknown() -> None:
+    decision = detect_view(_image())
+    assert decision.view is None and decision.confidence == 0.0 and not decision.known
+
+
+def test_rg1_without_tags_is_frontal_from_pixels(rg1_untagged: list[XrayImage]) -> None:
+    for image in rg1_untagged:
+        decision = detect_view(image)
+        assert decision.view is F and "symmetric" in decision.reason
+        assert 0.5 <= decision.confidence <= 0.75
+
+
+def test_rg1_on_its_side_is_not_called_frontal(rg1_untagged: list[XrayImage]) -> None:
+    """Rotated 90 degrees the film is no longer left-right symmetric."""
+    assert view_from_pixels(np.rot90(rg1_untagged[0].pixels)).view is not F
+
+
+def test_symmetry_ignores_exposure_and_size(rg1_untagged: list[XrayImage]) -> None:
+    pixels = rg1_untagged[0].pixels
+    base = mirror_symmetry(pixels)
+    assert mirror_symmetry(pixels**2.2) == pytest.approx(base, abs=0.03)
+    assert mirror_symmetry(np.ascontiguousarray(pixels[::3, ::3])) == pytest.approx(base, abs=0.03)
+
+
+def test_mirrored_image_has_the_same_symmetry(rg1_untagged: list[XrayImage]) -> None:
+    pixels = rg1_untagged[0].pixels
+    assert mirror_symmetry(pixels[:, ::-1]) == pytest.approx(mirror_symmetry(pixels), abs=0.02)
+
+
+def test_phantom_views_from_pixels() -> None:
+    """The synthetic two-view phantom: frontals frontal, laterals lateral or undecided, never swapped."""
+    phantom = pytest.importorskip("sample_data.phantom")
+    anatomy = pytest.importorskip("sample_data.anatomy")
+    decided = 0
+    for seed in range(6):
+        views = phantom.simulate(anatomy.random_patient(np.random.default_rng(seed)), size=256)
+        assert view_from_pixels(views.frontal).view is F, seed
+        lateral = view_from_pixels(views.lateral).view
+        assert lateral is not F, seed
+        decided += lateral is L
+    assert decided >= 4
+
+
+@given(st.text(max_size=60))
+def test_view_from_text_never_fails(text: str) -> None:
+    decision = view_from_text(text, "series description")
+    assert decision is None or (0.0 <= decision.confidence <= 1.0 and isinstance(decision.reason, str))
