@@ -214,7 +214,48 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_train)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample_data, _add_predict, _add_train]
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate
+
+    report = evaluate(
+        args.manifest,
+        args.model,
+        args.output,
+        images_dir=args.images,
+        batch_size=args.batch_size,
+        bootstrap=args.bootstrap,
+        device=args.device,
+        fast=args.fast,
+        workers=args.workers,
+    )
+    print(report.to_markdown("Evaluation"))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="AUROC per label, head and route on a labelled manifest, with bootstrap intervals and ROC curves",
+        description="Evaluate a model on a labelled manifest: report.md, report.json and roc_curves.png.",
+    )
+    p.add_argument("--manifest", required=True, help="labelled manifest CSV")
+    p.add_argument("--model", help="a .safetensors checkpoint (default: the bundled demo model)")
+    p.add_argument("-o", "--output", help="report folder (default: 'evaluation' beside the manifest)")
+    p.add_argument("--images", help="folder the manifest's paths are relative to (default: the manifest's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the intervals (0: none)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--fast", action="store_true", help="use the bfloat16 fast path (default: float32)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: spare cores, at most 4)")
+    p.set_defaults(handler=_evaluate)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_sample_data,
+    _add_predict,
+    _add_train,
+    _add_evaluate,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

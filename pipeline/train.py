@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -35,16 +34,17 @@ from models.pretrained import load_pretrained
 from models.twoview import TwoViewNet
 from pipeline.data import StudyDataset, ViewBatch, collate
 from pipeline.errors import TwoviewError
+from pipeline.evaluate import score
 from pipeline.manifest import Manifest, read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.plots import plot_training_curves
+from pipeline.predict import DEMO_MODEL
 from pipeline.runs import next_attempt, write_merged_metrics
 
 __all__ = ["DEMO_MODEL", "StudyDataModule", "TrainError", "TrainSettings", "TwoViewModule", "fit"]
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "sample_data" / "models" / "demo.safetensors"
 MONITOR = "val/auroc"  # macro AUROC of the final prediction
 HEADS = ("frontal", "lateral", "joint", "final")
 ROUTE_NAMES = ("joint", "frontal", "lateral")
@@ -521,26 +521,3 @@ def _finish(settings: TrainSettings, out: Path, data: StudyDataModule, trainer: 
     plot_training_curves(out, out / "curves.png")
     log.info("best model: %s (validation macro AUROC %s)", best_path, report.heads["final"].macro)
     return TrainResult(out, best_path, report, trainer.current_epoch)
-
-
-@torch.inference_mode()
-def score(
-    net: TwoViewNet, dataset: StudyDataset, batch_size: int = 16, bootstrap: int = 0
-) -> EvaluationReport:
-    """Run `net` over a labelled dataset and report AUROC per head and route."""
-    loader = DataLoader(
-        dataset, batch_size=batch_size, collate_fn=collate, num_workers=min(2, os.cpu_count() or 1)
-    )
-    net.eval()
-    heads: dict[str, list[torch.Tensor]] = {h: [] for h in HEADS}
-    labels, routes = [], []
-    for batch in loader:
-        if len(batch) == 0:
-            continue
-        probs = net(batch.frontal, batch.lateral, batch.has_frontal, batch.has_lateral).sigmoid()
-        for h in HEADS:
-            heads[h].append(probs.head(h))
-        labels.append(batch.labels)
-        routes += probs.routes
-    stacked = {h: torch.cat(v) for h, v in heads.items()}
-    return evaluation_report(stacked, torch.cat(labels), routes, net.config.labels, bootstrap=bootstrap)
