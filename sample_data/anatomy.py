@@ -33,7 +33,7 @@ MU = {
     "liver": 0.0215,
     "cartilage": 0.0225,
     "trabecular": 0.0265,
-    "rib": 0.0460,
+    "rib": 0.0560,  # average over a rib section, cortex included
     "cortical": 0.0500,
 }
 
@@ -71,9 +71,9 @@ def random_patient(rng: np.random.Generator) -> Patient:
 class Grid:
     """A regular voxel grid in patient millimetres."""
 
-    voxel_mm: float = 3.0
+    voxel_mm: float = 4.0  # coarse on purpose: fine detail (vessels, bones' edges) is drawn in 2D
     width_mm: float = 390.0  # x
-    depth_mm: float = 300.0  # y
+    depth_mm: float = 320.0  # y
     height_mm: float = 396.0  # z
 
     @property
@@ -104,8 +104,8 @@ class Anatomy:
     px: np.ndarray  # [1, y, x] patient x of each column (rotation applied)
     py: np.ndarray  # [1, y, x] patient y
     landmarks: dict[str, float] = field(default_factory=dict)
-    # Rib voxels kept out of ``mu`` so each view can project them through a diverging beam:
-    # [n, 4] grid x, grid y, z (mm) and attenuation above the tissue they replace (per mm).
+    # Rib samples kept out of ``mu`` so each view can project them sharply through a diverging beam:
+    # [n, 4] grid x, grid y, z (mm) and the line integral each adds (see ``_rib_samples``).
     ribs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     def thorax(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +121,8 @@ def _cage_axes(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndar
     t = np.clip((z - lm["cage_top"]) / (lm["cage_widest"] - lm["cage_top"]), 0.0, 1.0)
     cap = np.sqrt(np.clip(1.0 - (1.0 - t) ** 2, 0.0, 1.0))
     below = np.clip((z - lm["cage_widest"]) / 200.0, 0.0, 1.0)
-    a = lm["cage_a"] * (0.18 + 0.82 * cap) * (1.0 - 0.08 * below)
-    b = lm["cage_b"] * (0.35 + 0.65 * cap) * (1.0 - 0.05 * below)
+    a = lm["cage_a"] * (0.08 + 0.92 * cap) * (1.0 - 0.08 * below)
+    b = lm["cage_b"] * (0.15 + 0.85 * cap) * (1.0 - 0.05 * below)
     return a.astype(np.float32), b.astype(np.float32)
 
 
@@ -142,7 +142,7 @@ def _dome_surface(px: np.ndarray, py: np.ndarray, lm: dict[str, float]) -> np.nd
 def _landmarks(p: Patient) -> dict[str, float]:
     s = p.scale
     insp = p.inspiration
-    cage_top = 38.0 * s + 6.0
+    cage_top = 30.0 * s + 2.0  # the field starts a little above the apices, as on a collimated PA
     dome_r = cage_top + (232.0 + 26.0 * insp) * s
     return {
         "scale": s,
@@ -267,8 +267,9 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     neck = 58.0 * s + 40.0 * s * np.clip((z - 40.0 * s) / (lm["cage_top"] + 20.0 - 40.0 * s), 0.0, 1.0)
     body_a = np.where(z < lm["cage_top"] + 20.0, np.minimum(neck, a + wall + 8.0), a + wall + 8.0)
     body_a = np.maximum(body_a, neck)[:, None, None]
-    body_b = np.maximum(b + wall + 10.0, 0.75 * neck + 10.0)[:, None, None]
-    rb = np.sqrt((px / body_a) ** 2 + ((py - lm["cage_yc"] - 6.0) / body_b) ** 2)
+    # The back (paraspinal muscles, scapulae) is thicker than the front: the body sits a little back.
+    body_b = np.maximum(b + wall + 12.0 * s, 0.75 * neck + 10.0)[:, None, None]
+    rb = np.sqrt((px / body_a) ** 2 + ((py - lm["cage_yc"] - 12.0 * s) / body_b) ** 2)
     mu = np.where(rb < 1.0, MU["soft"], MU["air"]).astype(np.float32)
     mu[(rb < 1.0) & (rb > 0.86)] = MU["fat"]
 
@@ -276,9 +277,15 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     lung = cavity & (zz < dome)
     # Mediastinum: a narrow band in front of the spine; heart and great vessels shape its borders.
     upper = np.clip((lm["carina"] + 30.0 - z) / 60.0, 0.0, 1.0)
-    med_r = (14.0 + 8.0 * upper)[:, None, None] * s
-    med_l = (12.0 + 6.0 * upper)[:, None, None] * s
-    mediastinum = (px > -med_r) & (px < med_l) & (py < lm["spine_y"] - 10.0)
+    # An elliptical cylinder in cross-section (sternum to spine), so the lungs meet it along curved
+    # pleura and its projected borders fade in over a few millimetres instead of a hard straight edge.
+    med_r = (20.0 + 12.0 * upper)[:, None, None] * s
+    med_l = (17.0 + 9.0 * upper)[:, None, None] * s
+    # Narrow in front (the anterior junction), so the lateral shows a retrosternal clear space.
+    taper = np.clip(0.3 + 0.7 * (py + lm["cage_b"] - lm["cage_yc"]) / (80.0 * s), 0.3, 1.0)
+    across = np.where(px < 0, px / med_r, px / med_l) / taper
+    along = (py - (lm["spine_y"] - 80.0 * s)) / (75.0 * s)
+    mediastinum = (across**2 + along**2 < 1.0) & (py < lm["spine_y"] - 10.0)
     spine_zone = ((px / (28.0 * s)) ** 2 + ((py - lm["spine_y"]) / (30.0 * s)) ** 2 < 1.0) | (
         (np.abs(px) < 14.0 * s) & (py > lm["spine_y"])
     )
@@ -320,20 +327,32 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
         painter.paint(sl, occ, MU["air"])
     # Stomach gas under the left dome, an air cap above its fluid.
     sc = (62.0 * s, -5.0 * s, lm["dome_l"] + 34.0 * s)
-    sl, occ = painter.ellipsoid(sc, (28.0 * s, 24.0 * s, 20.0 * s))
+    sl, occ = painter.ellipsoid(sc, (22.0 * s, 20.0 * s, 18.0 * s))
     pz = painter.z[sl[0]][:, None, None]
     painter.paint(sl, occ * (pz < sc[2] + 4.0), MU["air"])
 
     if patient.sex == "F":
         bz = lm["dome_r"] - 20.0 * s
         for sign in (-1.0, 1.0):
-            sl, occ = painter.ellipsoid(
-                (sign * 78.0 * s, -lm["cage_b"] - wall + 20.0 * s, bz), (62.0 * s, 30.0 * s, 58.0 * s)
-            )
-            painter.paint_max(sl, occ, MU["fat"])
+            # Never quite symmetric, and thinning towards the edge: a soft, doubled lateral contour.
+            dy, dz, size = rng.normal(0.0, 5.0), rng.normal(0.0, 7.0), rng.uniform(0.85, 1.1) * s
+            for grow, value in ((1.0, 0.6 * MU["fat"]), (0.8, MU["fat"])):
+                sl, occ = painter.ellipsoid(
+                    (sign * 84.0 * s, -lm["cage_b"] - wall + 24.0 * s + dy, bz + dz),
+                    (38.0 * size * grow, 28.0 * size * grow, 48.0 * size * grow),
+                )
+                painter.paint_max(sl, occ, value)
 
+    # Paraspinal muscles: a soft ridge down the back, so the lateral is denser behind than in front.
+    back = 36.0 * s + 0.6 * patient.soft_tissue_mm
+    top_z = lm["cage_top"] + 50.0 * s
+    sl, occ = painter.ellipsoid(
+        (0.0, lm["spine_y"] + 30.0 * s + back * 0.5, (top_z + grid.height_mm) / 2 + 60.0),
+        (40.0 * s, back, (grid.height_mm - top_z) / 2 + 60.0),
+    )
+    painter.paint_max(sl, occ * ~cavity[sl], MU["soft"])
     _paint_skeleton(painter, patient, lm, rng)
-    ribs = _rib_voxels(mu, px, py, zz, rho, a3, lm, grid, rng)
+    ribs = _rib_samples(lm, float(rot), rng)
     return Anatomy(patient, grid, mu, lung & (mu == MU["lung"]), heart, cavity, px, py, lm, ribs)
 
 
@@ -349,10 +368,10 @@ def _paint_skeleton(
     while zc < painter.grid.height_mm + period:
         h = 10.0 * s * (1.0 + 0.3 * zc / painter.grid.height_mm)
         for center, radii, value in (
-            ((0.0, sy, zc), (18.0 * s + h * 0.3, 15.0 * s, h), MU["trabecular"] - 0.002),
-            ((-15.0 * s, sy + 20.0 * s, zc), (5.0 * s, 9.0 * s, h * 0.8), MU["trabecular"]),
-            ((15.0 * s, sy + 20.0 * s, zc), (5.0 * s, 9.0 * s, h * 0.8), MU["trabecular"]),
-            ((0.0, sy + 42.0 * s, zc + 6.0 * s), (4.0 * s, 14.0 * s, h * 0.9), MU["trabecular"]),
+            ((0.0, sy, zc), (18.0 * s + h * 0.3, 15.0 * s, h), MU["trabecular"] + 0.002),
+            ((-15.0 * s, sy + 20.0 * s, zc), (5.0 * s, 9.0 * s, h * 0.8), MU["trabecular"] - 0.003),
+            ((15.0 * s, sy + 20.0 * s, zc), (5.0 * s, 9.0 * s, h * 0.8), MU["trabecular"] - 0.003),
+            ((0.0, sy + 42.0 * s, zc + 6.0 * s), (4.0 * s, 14.0 * s, h * 0.9), MU["trabecular"] - 0.003),
         ):
             sl, occ = painter.ellipsoid(center, radii)
             painter.paint_max(sl, occ, value)
@@ -366,49 +385,59 @@ def _paint_skeleton(
     painter.paint_max(sl, occ, MU["trabecular"])
 
 
-def _rib_voxels(
-    mu: np.ndarray,
-    px: np.ndarray,
-    py: np.ndarray,
-    zz: np.ndarray,
-    rho: np.ndarray,
-    a3: np.ndarray,
-    lm: dict[str, float],
-    grid: Grid,
-    rng: np.random.Generator,
-) -> np.ndarray:
+_RIB_STEP_MM = 2.5  # sampling step over the rib cage surface (independent of the voxel size)
+
+
+def _rib_samples(lm: dict[str, float], rot: float, rng: np.random.Generator) -> np.ndarray:
     """Twelve rib pairs hugging the cage: high at the spine, dropping steeply towards the front.
 
-    Each rib gets its own small offset and thickness so the cage is not a regular grating.
+    The cage wall is sampled directly (height x angle x depth into the wall) rather than voxelised, so
+    the ribs stay sharp however coarse the volume is. Each rib gets its own small offset and thickness
+    so the cage is not a regular grating. Returns ``[n, 4]``: grid x, grid y, z (mm) and the line
+    integral each sample adds (attenuation above soft tissue times its volume, mm^3 / mm^2 = mm).
     """
-    v = grid.voxel_mm
-    shell = (rho > 0.96) & (rho < 1.16) & (zz > lm["cage_top"] - 20.0)
-    k, j, i = np.nonzero(shell)
-    pxs = px[0, j, i]
-    pys = py[0, j, i] - lm["cage_yc"]
-    zs = zz[k, 0, 0]
-    u = np.arctan2(np.abs(pxs), pys) / np.pi  # 0 at the spine, 1 at the sternum
+    step = _RIB_STEP_MM
+    z = np.arange(lm["cage_top"] - 20.0, lm["cage_top"] + 13.0 * lm["rib_spacing"] + 120.0, step)
+    a, b = _cage_axes(z.astype(np.float32), lm)
+    n_phi = int(np.ceil(0.85 * np.pi * lm["cage_a"] / step))
+    phi = (np.arange(n_phi, dtype=np.float32) + 0.5) * (0.85 * np.pi / n_phi)  # 0 at the spine
+    depth = np.arange(0.75, 9.0, 1.5, dtype=np.float32)  # into the wall, mm
+    zz = z.astype(np.float32)[:, None, None]
+    aa, bb = a[:, None, None], b[:, None, None]
+    sp, cp = np.sin(phi)[None, :, None], np.cos(phi)[None, :, None]
+    t = depth[None, None, :]
+    ax = (aa + t) * sp  # |patient x|
+    ay = (bb + t) * cp  # patient y - cage centre
+    ds = np.sqrt((aa * cp) ** 2 + (bb * sp) ** 2) * (0.85 * np.pi / n_phi)  # arc length per sample
+    u = np.arctan2(ax, ay) / np.pi  # 0 at the spine, 1 at the sternum
     drop = (
         -18.0 * np.sin(2.0 * np.pi * np.minimum(u, 0.5))
         + 18.0 * np.sin(2.0 * np.pi * np.clip(u - 0.5, 0.0, 0.25))
         + 110.0 * u**2.5
     )
-    side = (pxs > 0).astype(np.int64)
-    jitter = rng.normal(0.0, 0.12, size=(2, 14)).astype(np.float32)
-    kf = (zs - drop - lm["cage_top"] + 6.0) / lm["rib_spacing"]
-    kr = np.round(kf)
-    kf = kf - jitter[side, np.clip(kr, 0, 13).astype(np.int64)] * (0.3 + u)
-    kr = np.round(kf)
-    along = np.abs(kf - kr) * lm["rib_spacing"]
-    height = (5.0 + 2.5 * u) * (1.0 + jitter[1 - side, np.clip(kr, 0, 13).astype(np.int64)])
-    u_end = np.clip(0.80 - 0.05 * np.clip(kr - 6, 0, None), 0.35, 0.8)
-    thick = (rho[k, j, i] - 1.0) * a3[k, 0, 0]
-    occ = np.clip((height - along) / v + 0.5, 0.0, 1.0) * np.clip(
-        (9.0 - np.abs(thick - 4.5) * 2) / v, 0.0, 1.0
-    )
-    occ *= (kr >= 0) & (kr < 12) & (u > 0.06) & (u < u_end)
-    occ *= np.clip((u_end - u) * 40.0, 0.0, 1.0)
-    excess = np.maximum(MU["rib"] - mu[k, j, i], 0.0) * occ
-    keep = excess > 0
-    z, y, x = grid.axes()
-    return np.stack([x[i[keep]], y[j[keep]], z[k[keep]], excess[keep]], axis=1).astype(np.float32)
+    jitter = rng.normal(0.0, 0.12, size=(2, 2, 14)).astype(np.float32)
+    out = []
+    for side, sign in enumerate((-1.0, 1.0)):
+        kf = (zz - drop - lm["cage_top"] + 6.0) / lm["rib_spacing"]
+        idx = np.clip(np.round(kf), 0, 13).astype(np.int64)
+        kf = kf - jitter[side, 0, idx] * (0.3 + u)
+        kr = np.round(kf)
+        along = np.abs(kf - kr) * lm["rib_spacing"]
+        height = (4.2 + 2.2 * u) * (1.0 + jitter[side, 1, np.clip(kr, 0, 13).astype(np.int64)])
+        u_end = np.clip(0.80 - 0.05 * np.clip(kr - 6, 0, None), 0.35, 0.8)
+        # Round cross-section: full height mid-wall, thinner towards the inner and outer cortex.
+        across = (t - 4.5) / 4.5
+        occ = np.clip((1.0 - (along / height) ** 4 - across**4) * 3.0, 0.0, 1.0)
+        occ *= 0.6 + 0.4 * (along / height) ** 4  # the cortex, seen edge-on, outlines each rib
+        occ *= 1.0 - 0.45 * np.clip((u - 0.5) / 0.3, 0.0, 1.0)  # anterior ribs are thinner, fainter
+        occ *= (kr >= 0) & (kr < 12) & (u > 0.06) & (u < u_end)
+        occ *= np.clip((u_end - u) * 40.0, 0.0, 1.0)
+        keep = occ > 0
+        px = sign * np.broadcast_to(ax, occ.shape)[keep]
+        py = np.broadcast_to(ay, occ.shape)[keep] + lm["cage_yc"]
+        pz = np.broadcast_to(zz, occ.shape)[keep]
+        w = (MU["rib"] - MU["soft"]) * occ[keep] * np.broadcast_to(ds, occ.shape)[keep] * step * 1.5
+        gx = px * np.cos(rot) - py * np.sin(rot)
+        gy = px * np.sin(rot) + py * np.cos(rot)
+        out.append(np.stack([gx, gy, pz, w], axis=1))
+    return np.concatenate(out).astype(np.float32)

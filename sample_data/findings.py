@@ -14,6 +14,7 @@ from sample_data.anatomy import HEART_TILT_DEG, MU, Anatomy, Painter, heart_radi
 
 __all__ = [
     "LABELS",
+    "effusion_volume_ml",
     "SITES",
     "Finding",
     "FindingError",
@@ -105,30 +106,34 @@ def _side(an: Anatomy, side: str) -> np.ndarray:
     return an.px > 0 if side == "left" else an.px < 0
 
 
+def effusion_volume_ml(severity: float) -> float:
+    """Effusion volume for a severity: ~20 mL at 0.05, ~50 at 0.12, ~170 at 0.3, ~550 at 0.7."""
+    return 5.0 + 900.0 * severity**1.4
+
+
 def _effusion(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[float, float, float], float]:
     """Fluid fills the lowest lung first, the posterior costophrenic recess, with a meniscus at the wall."""
     z, _, _ = an.grid.axes()
-    zz = z[:, None, None]
-    height = 12.0 + 110.0 * f.severity**1.2
     aerated = an.mu == MU["lung"]
+    sides = ("left", "right") if f.site == "both" else (f.site,)
+    voxel_ml = an.grid.voxel_mm**3 / 1000.0
+    a, b = an.thorax(z)
     total = np.zeros(an.mu.shape, dtype=bool)
-    for side in ("left", "right") if f.site == "both" else (f.site,):
+    for side in sides:
         region = an.lung & _side(an, side) & aerated
-        k = np.nonzero(region.any(axis=(1, 2)))[0]
+        k, j, i = np.nonzero(region)
         if k.size == 0:
             raise FindingError(f"no {side} lung to hold an effusion")
-        bottom = z[k.max()] + an.grid.voxel_mm / 2
-        a, b = an.thorax(z)
-        rho = np.sqrt(
-            (an.px / a[:, None, None]) ** 2 + ((an.py - an.landmarks["cage_yc"]) / b[:, None, None]) ** 2
-        )
-        level = bottom - height - 10.0 * np.clip(height / 40.0, 0.0, 1.0) * rho**6
-        total |= region & (zz > level)
+        rho = np.sqrt((an.px[0, j, i] / a[k]) ** 2 + ((an.py[0, j, i] - an.landmarks["cage_yc"]) / b[k]) ** 2)
+        # Depth below the fluid surface: the surface is level, rising at the wall (meniscus).
+        # Upright, the posterior costophrenic recess is the lowest and fills first.
+        key = z[k] + 12.0 * rho**6 + 0.4 * an.py[0, j, i]
+        n = min(k.size, max(1, round(effusion_volume_ml(f.severity) / len(sides) / voxel_ml)))
+        fill = np.argsort(-key, kind="stable")[:n]
+        total[k[fill], j[fill], i[fill]] = True
     an.mu[total] = MU["fluid"]
     k, j, i = np.nonzero(total)
-    if k.size == 0:
-        raise FindingError("the effusion is too small for this grid")
-    volume_ml = float(k.size * an.grid.voxel_mm**3 / 1000.0)
+    volume_ml = float(k.size * voxel_ml)
     return tuple(float(c) for c in _coords(an, k, j, i).mean(axis=0)), volume_ml
 
 
@@ -140,7 +145,10 @@ def _nodule(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[fl
     ok = an.lung & (an.mu == MU["lung"])
     zz = z[:, None, None]
     if f.site == "retrocardiac":
-        ok &= an.heart.any(axis=1, keepdims=True) & (an.px > 0) & (an.py > lm["heart_y"] + 10.0)
+        # Behind the thickest part of the heart shadow, where the frontal view hides it best.
+        depth = an.heart.sum(axis=1, keepdims=True)
+        ok &= (depth >= 0.85 * depth.max()) & (an.px > 0) & (an.px < 45.0 * lm["scale"])
+        ok &= (an.py > lm["heart_y"] + 10.0) & (an.py < lm["spine_y"] - 18.0 * lm["scale"])
     elif f.site == "subdiaphragmatic":
         ok &= zz > np.where(an.px > 0, lm["dome_l"], lm["dome_r"]) + radius + 6.0
     elif f.site == "upper":

@@ -61,8 +61,8 @@ class _Plan:
 
 
 _SHOWCASE = (
-    _Plan("two_view", (Finding("pleural_effusion", 0.12, "left"),)),
-    _Plan("two_view", (Finding("nodule", 0.2, "retrocardiac"),)),
+    _Plan("two_view", (Finding("pleural_effusion", 0.12, "left"),)),  # ~50 mL: lateral only
+    _Plan("two_view", (Finding("nodule", 0.15, "retrocardiac"),)),  # ~14 mm: lateral only
     _Plan("two_view", (Finding("cardiomegaly", 0.6, "heart"),)),
     _Plan("two_view", (Finding("pneumothorax", 0.6, "right"),)),
     _Plan("two_view", (Finding("consolidation", 0.7, "RML"),)),

@@ -1,8 +1,10 @@
 """Digitally reconstructed radiographs of one phantom: a PA and a left lateral of the same volume.
 
-The volume is coarse (3 mm); detail comes from projecting in 2D: line integrals are upsampled, fine
-pulmonary vessels are splatted at full resolution, then scatter, quantum noise, detector blur, edge
-enhancement and a sigmoid display curve make it look like a processed CR/DX image (bright = dense).
+The volume is coarse (4 mm); detail comes from drawing in 2D on the detector, consistently for both
+views: ribs (analytic samples through a diverging beam), the shoulder girdle (per-view pose), a
+branching pulmonary vessel tree and lung texture are added to the upsampled line integrals, then
+scatter, quantum noise, detector blur, unsharp masking, dynamic range compression and a sigmoid
+display curve make it look like a processed CR/DX image (bright = dense).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
 
 VIEWS = ("frontal", "lateral")
 VISIBILITY_THRESHOLD = 0.03  # peak display change (0..1 scale, 9 mm smoothing) a reader would notice
+_GAMMA = 0.7  # brightens the mid-tones (lungs) like a clinical look-up table
 _SCATTER = 0.3  # scatter generated per attenuated primary, behind an anti-scatter grid
 _SCATTER_SIGMA_MM = 45.0
 _PHOTONS = 9000.0  # unattenuated quanta per 0.4 mm pixel at exposure 1
@@ -76,15 +79,18 @@ def simulate(
     rng = np.random.default_rng([patient.seed, 11] if noise_seed is None else [noise_seed, 13])
     points = _vessel_tree(anatomy, np.random.default_rng([patient.seed, 5]))
     v = anatomy.grid.voxel_mm
+    lm = anatomy.landmarks
+    chest = slice(int(lm["carina"] / v), int(lm["dome_l"] / v))  # the lower lung-field rows
     images: dict[str, np.ndarray] = {}
     contrast: dict[str, list[float]] = {}
     for view in VIEWS:
         axis = 1 if view == "frontal" else 2
-        base = _pad(anatomy, anatomy.mu.sum(axis=axis) * v) + _rib_projection(anatomy, view)
-        line = base + _girdle(anatomy, view, base.shape)
+        # A slight blur hides the voxel staircase along body and organ outlines.
+        base = ndimage.gaussian_filter(_pad(anatomy, anatomy.mu.sum(axis=axis) * v), 0.5)
+        line = base + _rib_projection(anatomy, view, base.shape) + _girdle(anatomy, view, base.shape)
         deltas = [p.delta_frontal if view == "frontal" else p.delta_lateral for p in placed]
         deltas = [_pad(anatomy, d) for d in deltas]
-        display = _Display(line, patient.exposure)
+        display = _Display(line, patient.exposure, v, chest)
         contrast[view] = [display.visibility(line, d) for d in deltas]
         if view in views:
             lung = _pad(anatomy, (anatomy.mu == MU["lung"]).sum(axis=axis, dtype=np.float32) * v)
@@ -122,34 +128,44 @@ def _pad(anatomy: Anatomy, line: np.ndarray) -> np.ndarray:
 class _Display:
     """Scatter, log and the display curve, fitted once per view on the coarse projection."""
 
-    def __init__(self, line: np.ndarray, exposure: float) -> None:
+    def __init__(self, line: np.ndarray, exposure: float, voxel_mm: float, rows: slice) -> None:
         primary = np.exp(-line)
         self.scatter = _SCATTER * ndimage.gaussian_filter(
-            primary * line, _SCATTER_SIGMA_MM / 3.0, mode="nearest"
+            primary * line, _SCATTER_SIGMA_MM / voxel_mm, mode="nearest"
         )
         dens = -np.log(primary + self.scatter)
-        body = dens[line > 1.0]
-        self.lo = float(np.percentile(body, 1.0)) if body.size else 0.0
-        self.hi = float(np.percentile(body, 99.7)) if body.size else 1.0
+        body = dens[rows][line[rows] > 1.0]  # window on the chest, as clinical processing does
+        self.lo = float(np.percentile(body, 8.0)) if body.size else 0.0
+        self.hi = 1.03 * float(np.percentile(body, 99.9)) if body.size else 1.0
         self.exposure = exposure
+        self.voxel_mm = voxel_mm
         zero = self._curve(np.float32(0.0), raw=True)
         self.base, self.span = zero, self._curve(np.float32(self.hi), raw=True) - zero
 
     def _curve(self, dens: np.ndarray, raw: bool = False) -> np.ndarray:
-        d = (dens - self.lo) / (self.hi - self.lo)
-        y = 1.0 / (1.0 + np.exp(-3.6 * (d - 0.45)))
+        y = np.array(dens, dtype=np.float32)  # a copy, then in place: this runs on full-size images
+        y -= self.lo + 0.38 * (self.hi - self.lo)
+        y *= -4.4 / (self.hi - self.lo)
+        np.exp(y, out=y)
+        y += 1.0
+        np.reciprocal(y, out=y)
         if raw:
             return y
-        return np.clip((y - self.base) / self.span, 0.0, 1.0)
+        y -= self.base
+        y *= 1.0 / self.span
+        np.clip(y, 0.0, 1.0, out=y)
+        return np.power(y, _GAMMA, out=y)
 
     def show(self, dens: np.ndarray) -> np.ndarray:
-        return self._curve(dens).astype(np.float32)
+        return self._curve(dens)
 
     def visibility(self, line: np.ndarray, delta: np.ndarray) -> float:
         """Peak change of the displayed image (9 mm smoothing) that this finding causes."""
         with_ = self.show(-np.log(np.exp(-line) + self.scatter))
         without = self.show(-np.log(np.exp(-(line - delta)) + self.scatter))
-        return float(ndimage.uniform_filter(np.abs(with_ - without), 3).max())
+        return float(
+            ndimage.uniform_filter(np.abs(with_ - without), max(1, round(9.0 / self.voxel_mm))).max()
+        )
 
 
 def _vessel_tree(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
@@ -162,8 +178,14 @@ def _vessel_tree(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
     trunks = []
     for sign in (-1.0, 1.0):
         hilum = np.array([sign * 55.0 * s, 4.0 * s, lm["carina"] + 26.0 * s], np.float32)
-        for dx, dy, dz in ((0.5, 0.1, -1.0), (1.0, -0.5, -0.3), (1.0, 0.4, 0.1), (0.5, -0.6, 0.9),
-                           (0.5, 0.6, 1.0), (0.3, 0.0, 1.0)):
+        for dx, dy, dz in (
+            (0.5, 0.1, -1.0),
+            (1.0, -0.5, -0.3),
+            (1.0, 0.4, 0.1),
+            (0.5, -0.6, 0.9),
+            (0.5, 0.6, 1.0),
+            (0.3, 0.0, 1.0),
+        ):
             trunks.append((hilum, np.array([sign * dx, dy, dz], np.float32)))
     pos = np.stack([t[0] for t in trunks]) + rng.normal(0.0, 4.0, (len(trunks), 3)).astype(np.float32)
     heading = np.stack([t[1] for t in trunks]) + rng.normal(0.0, 0.15, (len(trunks), 3)).astype(np.float32)
@@ -228,26 +250,35 @@ _SID_MM = 1800.0  # source to detector
 _DETECTOR_MM = {"frontal": 130.0, "lateral": 170.0}  # detector plane from the grid centre (front / left)
 
 
-def _rib_projection(anatomy: Anatomy, view: str) -> np.ndarray:
-    """Ribs projected through a diverging beam onto the coarse detector grid, ``[z, x]`` line integrals.
+def _rib_projection(anatomy: Anatomy, view: str, shape: tuple[int, int]) -> np.ndarray:
+    """Ribs projected through a diverging beam onto a detector grid of ``shape``, line integrals.
 
     The side far from the detector is magnified more, so left and right ribs do not coincide on the
     lateral and posterior ribs look broader than anterior ones on the PA, as on real films.
     """
     g = anatomy.grid
-    nz, _, nx = anatomy.mu.shape
+    rows, cols = shape
     ribs = anatomy.ribs
     gx, gy, gz, val = ribs[:, 0], ribs[:, 1], ribs[:, 2], ribs[:, 3]
     d0 = _DETECTOR_MM[view]
     across, dist = (gx, d0 + gy) if view == "frontal" else (gy, d0 - gx)
     m = (_SID_MM - d0) / (_SID_MM - dist)
     zc = g.height_mm / 2
-    u = (across * m + g.width_mm / 2) / g.voxel_mm - 0.5
-    w = (zc + (gz - zc) * m) / g.voxel_mm - 0.5
-    return _bilinear_splat(w, u, val * g.voxel_mm / m**2, (nz, nx))
+    pw, ph = g.width_mm / cols, g.height_mm / rows
+    u = (across * m + g.width_mm / 2) / pw - 0.5
+    w = (zc + (gz - zc) * m) / ph - 0.5
+    img = _bilinear_splat(w, u, val / (m * m * pw * ph), shape)
+    # Samples are 2.5 mm apart: a little blur closes the gaps on fine grids. On the lateral the ribs sit
+    # far from the detector (focal-spot blur) behind the thickest soft tissue: faint and soft-edged on
+    # real films, which the empirical factor matches.
+    sigma = max(0.5, 1.2 / pw) if view == "frontal" else 3.0 / pw
+    img = ndimage.gaussian_filter(img, sigma)
+    return img if view == "frontal" else 0.65 * img
 
 
-def _bilinear_splat(row: np.ndarray, col: np.ndarray, weight: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _bilinear_splat(
+    row: np.ndarray, col: np.ndarray, weight: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
     r0, c0 = np.floor(row), np.floor(col)
     fr, fc = (row - r0).astype(np.float32), (col - c0).astype(np.float32)
     r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
@@ -307,11 +338,11 @@ def _smoothstep(t):
 
 
 def _girdle(anatomy: Anatomy, view: str, shape: tuple[int, int]) -> np.ndarray:
-    """Shoulders and arms, drawn per view as line integrals on a detector grid of ``shape``.
+    """Shoulders, drawn per view as line integrals on a detector grid of ``shape`` (their pose differs).
 
-    PA: arms down and shoulders rolled forward: shoulder soft tissue, clavicles, humeral heads and the
-    scapulae mostly off the lungs. Lateral: arms raised, so only overlapping soft tissue of the arms and
-    shoulders over the upper chest, fading smoothly downwards, and the scapular borders behind.
+    PA: shoulders rolled forward, arms out of the field: shoulder soft tissue, clavicles, humeral heads
+    and the scapulae mostly off the lungs. Lateral: arms raised, so only overlapping soft tissue of the
+    arms and shoulders over the upper chest, fading smoothly downwards, and the scapular borders behind.
     """
     g = anatomy.grid
     lm = anatomy.landmarks
@@ -324,42 +355,75 @@ def _girdle(anatomy: Anatomy, view: str, shape: tuple[int, int]) -> np.ndarray:
     if view == "frontal":
         X = X + anatomy.patient.rotation_deg * 1.5  # rotation shifts the girdle against the spine
         ax = np.abs(X)
-        # Trapezius sloping from the neck to the acromion, the shoulder, and the arm down the side.
-        ridge = top - 22.0 * s + 48.0 * s * np.clip((ax - 45.0 * s) / (135.0 * s), 0.0, 1.0) ** 1.6
+        # Trapezius sloping from the neck to the acromion, and the shoulder.
+        ridge = top - 44.0 * s + 70.0 * s * np.clip((ax - 40.0 * s) / (140.0 * s), 0.0, 1.0) ** 1.3
         below = _smoothstep((Z - ridge) / (14.0 * s))
-        chest = _smoothstep((ax - 60.0 * s) / (25.0 * s)) * (1.0 - _smoothstep((Z - top - 60.0 * s) / (60.0 * s)))
-        arm = _smoothstep((ax - 150.0 * s) / (10.0 * s)) * (1.0 - _smoothstep((ax - 172.0 * s) / (8.0 * s)))
-        img += soft * 95.0 * s * below * np.maximum(chest, arm)
+        # The slab thins out lower down, sooner at the sides (the rounded shoulder; arms out of field).
+        low = top + 25.0 * s - 30.0 * s * np.clip((ax - 120.0 * s) / (60.0 * s), 0.0, 1.0)
+        chest = _smoothstep((ax - 30.0 * s) / (45.0 * s)) * (1.0 - _smoothstep((Z - low) / (60.0 * s)))
+        img += soft * 70.0 * s * below * chest
         for sign in (-1.0, 1.0):
-            img += _bone(_ellipse_proj, X, Z, (sign * 166.0 * s, top + 42.0 * s), (22.0 * s, 22.0 * s), 22.0 * s, cortex=0.12)
-            img += _bone(_tube_proj, X, Z, (sign * 168.0 * s, top + 58.0 * s), (sign * 170.0 * s, top + 260.0 * s), 10.0 * s)
-            clav = ((sign * 16.0 * s, top + 30.0 * s), (sign * 70.0 * s, top + 22.0 * s), (sign * 152.0 * s, top + 8.0 * s))
+            img += _bone(
+                _ellipse_proj,
+                X,
+                Z,
+                (sign * 166.0 * s, top + 42.0 * s),
+                (22.0 * s, 22.0 * s),
+                22.0 * s,
+                cortex=0.12,
+            )
+            clav = (
+                (sign * 16.0 * s, top + 30.0 * s),
+                (sign * 70.0 * s, top + 22.0 * s),
+                (sign * 152.0 * s, top + 8.0 * s),
+            )
             img += 1.3 * _bone(_tube_proj, X, Z, clav[0], clav[1], 6.5 * s)
             img += 1.3 * _bone(_tube_proj, X, Z, clav[1], clav[2], 6.0 * s)
             img += (MU["trabecular"] - soft) * _ellipse_proj(
                 X, Z, (sign * 134.0 * s, top + 88.0 * s), (36.0 * s, 76.0 * s), 2.5, -sign * 12.0
             )
-            img += _bone(_tube_proj, X, Z, (sign * 120.0 * s, top + 162.0 * s), (sign * 160.0 * s, top + 50.0 * s), 4.0 * s)
+            img += _bone(
+                _tube_proj,
+                X,
+                Z,
+                (sign * 120.0 * s, top + 162.0 * s),
+                (sign * 160.0 * s, top + 50.0 * s),
+                4.0 * s,
+            )
     else:
-        fade = 1.0 / (1.0 + np.exp((Z - top - 40.0 * s) / (30.0 * s)))
-        img += soft * 70.0 * s * fade * np.exp(-(((X - 10.0 * s) / (110.0 * s)) ** 2))
+        fade = 1.0 / (1.0 + np.exp((Z - top - 30.0 * s) / (32.0 * s)))
+        img += soft * 110.0 * s * fade * np.exp(-(((X - 10.0 * s) / (120.0 * s)) ** 2))
         for m, dy in ((1.0, 0.0), (1.08, 6.0)):
-            img += 0.35 * _bone(_tube_proj, X, Z, (m * 62.0 * s + dy, top + 175.0 * s), (m * 96.0 * s + dy, top + 20.0 * s), 5.0 * s)
+            img += 0.35 * _bone(
+                _tube_proj,
+                X,
+                Z,
+                (m * 62.0 * s + dy, top + 175.0 * s),
+                (m * 96.0 * s + dy, top + 20.0 * s),
+                5.0 * s,
+            )
     return img
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    return np.array(Image.fromarray(img.astype(np.float32)).resize((size, size), Image.BICUBIC))
+def _resize(img: np.ndarray, size: int, smooth: bool = False) -> np.ndarray:
+    """Resample to ``size`` x ``size``: bicubic for detail, bilinear (cheaper) for smooth fields."""
+    method = Image.BILINEAR if smooth else Image.BICUBIC
+    return np.asarray(Image.fromarray(img.astype(np.float32, copy=False)).resize((size, size), method))
 
 
-def _blur3(img: np.ndarray, axis: int) -> np.ndarray:
-    """Detector blur: a [1, 2, 1] / 4 kernel along one axis, edges repeated."""
-    pad = np.pad(img, [(1, 1) if a == axis else (0, 0) for a in range(2)], mode="edge")
-    lo = [slice(None)] * 2
-    mid = [slice(None)] * 2
-    hi = [slice(None)] * 2
-    lo[axis], mid[axis], hi[axis] = slice(0, -2), slice(1, -1), slice(2, None)
-    return 0.5 * pad[tuple(mid)] + 0.25 * (pad[tuple(lo)] + pad[tuple(hi)])
+def _blur(img: np.ndarray) -> np.ndarray:
+    """Detector blur: a [1, 2, 1] / 4 kernel along each axis, edges repeated (shifted adds, in place)."""
+    for axis in (0, 1):
+        src = img.copy()
+        a = np.moveaxis(img, axis, 0)
+        b = np.moveaxis(src, axis, 0)
+        a *= 2.0
+        a[1:] += b[:-1]
+        a[:-1] += b[1:]
+        a[0] += b[0]
+        a[-1] += b[-1]
+        img *= 0.25
+    return img
 
 
 def _render(
@@ -377,21 +441,30 @@ def _render(
     quarter = max(size // 4, 16)
     big = points[:, 3] >= 1.2
     mid = _resize(base, quarter) + _girdle(anatomy, view, (quarter, quarter))
+    mid += _rib_projection(anatomy, view, (quarter, quarter))
     mid += ndimage.gaussian_filter(_splat(points[big], view, anatomy, quarter), 0.8)
+    # Small vessels on a half-resolution grid: soft thin lines once upsampled, as on real films.
+    half = _splat(points[~big], view, anatomy, size // 2)
     # Fine interstitial texture where the beam crosses aerated lung.
-    texture = ndimage.gaussian_filter(rng.standard_normal((quarter, quarter), dtype=np.float32), 1.2)
-    mid += 0.0016 * _resize(lung, quarter) * texture
-    fine = _resize(mid, size) + _splat(points[~big], view, anatomy, size)
-    intensity = np.exp(-fine) + _resize(display.scatter, size)
+    texture = ndimage.gaussian_filter(rng.standard_normal((quarter, quarter), dtype=np.float32), 0.9)
+    mid += 0.0011 * _resize(lung, quarter) * texture
+    fine = _resize(mid, size) + _resize(half, size, smooth=True)
+    np.negative(fine, out=fine)
+    intensity = np.exp(fine, out=fine)  # primary
+    intensity += _resize(display.scatter, size, smooth=True)
     photons = _PHOTONS * display.exposure * (1024.0 / size) ** 2
     noise = rng.standard_normal(intensity.shape, dtype=np.float32)
-    intensity += np.sqrt(intensity / photons) * noise
-    intensity = _blur3(_blur3(intensity, 0), 1)
-    dens = -np.log(np.maximum(intensity, 1e-4))
+    noise *= np.sqrt(intensity * np.float32(1.0 / photons))
+    intensity += noise
+    intensity = _blur(intensity)
+    np.maximum(intensity, 1e-4, out=intensity)
+    dens = np.log(intensity, out=intensity)
+    np.negative(dens, out=dens)
     coarse = -np.log(np.exp(-line) + display.scatter)
-    smooth = ndimage.gaussian_filter(coarse, 4.0, mode="nearest")
-    broad = ndimage.gaussian_filter(coarse, 12.0, mode="nearest")
+    v = anatomy.grid.voxel_mm
+    smooth = ndimage.gaussian_filter(coarse, 12.0 / v, mode="nearest")
+    broad = ndimage.gaussian_filter(coarse, 36.0 / v, mode="nearest")
     # Unsharp mask for detail, and dynamic range compression (large-scale density pulled towards the mean).
     dens *= 1.6
-    dens -= _resize(0.6 * smooth + 0.35 * (broad - float(broad.mean())), size)
+    dens -= _resize(0.6 * smooth + 0.12 * (broad - float(broad.mean())), size, smooth=True)
     return display.show(dens)

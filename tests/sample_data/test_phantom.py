@@ -60,6 +60,28 @@ def test_small_effusion_shows_on_lateral_more_than_frontal():
     assert 5.0 < truth.size < 150.0  # mL
 
 
+@pytest.mark.parametrize(
+    "severity,low_ml,high_ml,frontal", [(0.12, 40.0, 65.0, False), (0.3, 150.0, 250.0, True)]
+)
+def test_effusion_volume_and_which_views_show_it(severity, low_ml, high_ml, frontal):
+    """About 50 mL shows on the lateral only; about 200 mL blunts the PA's angle too."""
+    truth = simulate(PATIENT, [Finding("pleural_effusion", severity, "left")], size=64).truth[0]
+    assert low_ml < truth.size < high_ml
+    assert truth.visible_lateral and truth.visible_frontal is frontal
+
+
+def test_lateral_is_not_mirror_symmetric_like_a_frontal():
+    """Heart in front, spine behind: a lateral's column profile is lopsided, a PA's is not."""
+    r = simulate(PATIENT, [], size=128)
+    rows = slice(40, 80)  # mid-chest
+
+    def lopsided(img: np.ndarray) -> float:
+        profile = img[rows].mean(axis=0)
+        return float(np.abs(profile - profile[::-1]).mean())
+
+    assert lopsided(r.lateral) > 2.0 * lopsided(r.frontal)
+
+
 def test_cardiomegaly_raises_ctr_and_widens_frontal_heart():
     normal = simulate(PATIENT, [], size=128)
     big = simulate(PATIENT, [Finding("cardiomegaly", 0.5, "heart")], size=128)

@@ -1,0 +1,405 @@
+"""Batch prediction: `Predictor` turns studies into per-head probabilities; `predict_folder` streams a folder to a file.
+
+Decoding runs in DataLoader workers ahead of the model; each batch's rows are written (and fsynced)
+before the next is predicted, so memory stays flat and a rerun with the same output resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from models.checkpoint import load
+from models.twoview import HEADS, TwoViewNet, ViewLogits
+from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
+from pipeline.errors import TwoviewError
+from pipeline.manifest import Manifest
+from pipeline.outputs import ErrorsFile, PredictionsFile, ProgressLine, errors_path, output_format
+from pipeline.studies import ImageSource, ScanResult, SetAside, Study, scan_folder
+
+__all__ = [
+    "DEMO_MODEL",
+    "PredictSummary",
+    "Predictor",
+    "StudyPrediction",
+    "default_workers",
+    "load_model",
+    "predict_folder",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The bundled demo model, used when no model is given.
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "demo.safetensors"
+_NO_VIEW = "no view of the study could be read, so it was not predicted"
+
+Probabilities = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """One study's probabilities per head (label -> value; None where the head did not run) and its files.
+
+    `route` is "joint", "frontal" or "lateral", or None when no view could be read (`errors` says why).
+    """
+
+    study_id: str
+    route: str | None
+    final: Probabilities
+    frontal: Probabilities
+    lateral: Probabilities
+    joint: Probabilities
+    calls: dict[str, int]  # 0/1 for each label the model has a threshold for
+    frontal_file: Path | None
+    lateral_file: Path | None
+    errors: tuple[SetAside, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.route is not None
+
+    def head(self, name: str) -> Probabilities:
+        """The probabilities of one head: "final", "frontal", "lateral" or "joint"."""
+        if name not in ("final", *HEADS):
+            raise KeyError(f"unknown head {name!r}; choose one of: final, {', '.join(HEADS)}")
+        return getattr(self, name)
+
+
+@dataclass
+class PredictSummary:
+    """What a `predict_folder` run did: studies predicted by route, skipped, failed, and files set aside."""
+
+    output: Path
+    errors_output: Path
+    model: Path
+    studies: int = 0  # found by the scan or listed in the manifest
+    predicted: int = 0  # in this run
+    skipped: int = 0  # already in the output from an earlier run
+    failed: int = 0  # no view could be read
+    routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("joint", "frontal", "lateral"), 0))
+    set_aside: int = 0  # files: set aside by the scan plus those that failed to decode
+    seconds: float = 0.0
+
+    @property
+    def studies_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        routes = ", ".join(f"{n} {route}" for route, n in self.routes.items())
+        text = (
+            f"predicted {self.predicted} studies ({routes}) in {self.seconds:.1f} s "
+            f"({self.studies_per_second:.1f} studies/s) into {self.output}"
+        )
+        if self.skipped:
+            text += f"; {self.skipped} already there skipped"
+        if self.failed:
+            text += f"; {self.failed} failed (no readable view)"
+        if self.set_aside or self.failed:
+            text += f"; {self.set_aside} files set aside, see {self.errors_output}"
+        return text
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """ "auto" (or None) picks CUDA when torch sees a GPU, else the CPU; "cuda" without a GPU is an error."""
+    name = str(device) if device is not None else "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError as err:
+        raise TwoviewError(f"unknown device {name!r}; choose one of: auto, cpu, cuda") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise TwoviewError("device cuda was asked for, but torch sees no CUDA GPU; use cpu or auto")
+    if chosen.type not in ("cpu", "cuda"):
+        raise TwoviewError(f"unsupported device {name!r}; choose one of: auto, cpu, cuda")
+    return chosen
+
+
+def default_workers() -> int:
+    """Decoding workers: one per spare core, at most 4 (0 decodes in the main process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
+
+
+def load_model(path: str | Path | None = None) -> tuple[TwoViewNet, Path]:
+    """The model in a `.safetensors` checkpoint, or the bundled demo model when `path` is None."""
+    if path is None:
+        if not DEMO_MODEL.is_file():
+            raise TwoviewError(
+                f"no model given and the demo model is not there yet ({DEMO_MODEL}); pass --model PATH "
+                "to a .safetensors checkpoint"
+            )
+        logger.info(
+            "using the bundled demo model %s (synthetic data only; pass --model for yours)", DEMO_MODEL
+        )
+        path = DEMO_MODEL
+    path = Path(path)
+    if not path.is_file():
+        raise TwoviewError(f"{path}: model file not found")
+    return load(path), path
+
+
+@dataclass
+class _Loaded:
+    """One loader batch: the decodable studies as a `ViewBatch` (None if none) and every study's decode errors."""
+
+    batch: ViewBatch | None
+    indices: list[int]  # dataset index of each study in the loader batch, in order
+    empty: list[bool]  # True where no view of the study could be read
+    errors: list[tuple[SetAside, ...]]
+
+    def pin_memory(self) -> _Loaded:
+        if self.batch is not None:
+            self.batch = self.batch.pin_memory()
+        return self
+
+
+class _Studies(Dataset):
+    """A `StudyDataset` that also returns which files of each study failed to decode, and why."""
+
+    def __init__(self, studies: Sequence[Study], predictor: Predictor) -> None:
+        self.base = StudyDataset(studies, config=predictor.config, train=False)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[int, StudySample, tuple[SetAside, ...]]:
+        sample = self.base[index]
+        study = self.base.studies[index]
+        failed = self.base.failed
+        errors = tuple(
+            SetAside(s.path, f"cannot be decoded: {failed[s.path]}", study.study_id, "unreadable")
+            for s in study.sources
+            if s.path in failed
+        )
+        return index, sample, errors
+
+
+def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> _Loaded:
+    kept = [sample for _, sample, _ in items if not sample.is_empty]
+    return _Loaded(
+        batch=collate(kept) if kept else None,
+        indices=[index for index, _, _ in items],
+        empty=[sample.is_empty for _, sample, _ in items],
+        errors=[errors for _, _, errors in items],
+    )
+
+
+class Predictor:
+    """A model ready for inference on one device (fast path unless `fast=False`): batches and studies in, probabilities out."""
+
+    def __init__(
+        self, model: TwoViewNet, device: str | torch.device | None = None, fast: bool = True
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.model = self.model.fast() if fast else self.model.plain()
+        self.config = model.config
+        self.labels = model.config.labels
+        self.thresholds = dict(model.config.thresholds)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device: str | torch.device | None = None, fast: bool = True
+    ) -> Predictor:
+        """Load a checkpoint (the demo model when `path` is None) into a Predictor."""
+        model, _ = load_model(path)
+        return cls(model, device=device, fast=fast)
+
+    def predict_batch(self, batch: ViewBatch) -> ViewLogits:
+        """Probabilities (float32, on the CPU, NaN where a head did not run) for one `ViewBatch`."""
+        with torch.inference_mode():
+            batch = batch.to(self.device, non_blocking=True)
+            out = self.model(batch.frontal, batch.lateral, batch.has_frontal, batch.has_lateral).sigmoid()
+            heads = (getattr(out, name).float().cpu() for name in (*HEADS, "final"))
+            return ViewLogits(*heads, route=out.route.cpu())
+
+    def predict_studies(
+        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int = 0
+    ) -> list[StudyPrediction]:
+        """Every study's prediction, in order; a study none of whose views decodes comes back with route None."""
+        return [
+            p
+            for chunk in self.iter_predictions(studies, batch_size=batch_size, workers=workers)
+            for p in chunk
+        ]
+
+    def iter_predictions(
+        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int | None = None
+    ) -> Iterator[list[StudyPrediction]]:
+        """One list of predictions per batch, in study order; `workers` processes decode ahead (None: default)."""
+        workers = _check_settings(batch_size, workers)
+        if not studies:
+            return iter(())
+        loader = DataLoader(
+            _Studies(studies, self),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+        return (self._predictions(studies, loaded) for loaded in loader)
+
+    def _predictions(self, studies: Sequence[Study], loaded: _Loaded) -> list[StudyPrediction]:
+        probs = self.predict_batch(loaded.batch) if loaded.batch is not None else None
+        out, row = [], 0
+        for index, empty, errors in zip(loaded.indices, loaded.empty, loaded.errors, strict=True):
+            study = studies[index]
+            if empty:
+                out.append(self._failed(study, errors))
+            else:
+                out.append(self._prediction(study, probs, row, errors))
+                row += 1
+        return out
+
+    def _prediction(
+        self, study: Study, probs: ViewLogits, row: int, errors: tuple[SetAside, ...]
+    ) -> StudyPrediction:
+        failed = {e.path for e in errors}
+        heads = {name: self._values(getattr(probs, name)[row]) for name in (*HEADS, "final")}
+        calls = {
+            label: int(heads["final"][label] >= threshold)
+            for label, threshold in self.thresholds.items()
+            if heads["final"][label] is not None
+        }
+        return StudyPrediction(
+            study_id=study.study_id,
+            route=probs.routes[row],
+            calls=calls,
+            frontal_file=_used(study.frontal, failed),
+            lateral_file=_used(study.lateral, failed),
+            errors=errors,
+            **heads,
+        )
+
+    def _failed(self, study: Study, errors: tuple[SetAside, ...]) -> StudyPrediction:
+        blank = dict.fromkeys(self.labels)
+        errors = tuple(replace(e, reason=f"{e.reason}; {_NO_VIEW}") for e in errors)
+        return StudyPrediction(
+            study.study_id, None, blank, dict(blank), dict(blank), dict(blank), {}, None, None, errors
+        )
+
+    def _values(self, row: torch.Tensor) -> Probabilities:
+        return {label: (None if v != v else v) for label, v in zip(self.labels, row.tolist(), strict=True)}
+
+
+def _check_settings(batch_size: int, workers: int | None) -> int:
+    """Refuse a batch size below 1 or negative workers; returns the number of workers (None: the default)."""
+    if batch_size < 1:
+        raise TwoviewError(f"batch size must be at least 1, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise TwoviewError(f"workers must be 0 or more, got {workers}")
+    return workers
+
+
+def _used(source: ImageSource | None, failed: set[Path]) -> Path | None:
+    return source.path if source is not None and source.path not in failed else None
+
+
+def predict_folder(
+    source: str | Path | Manifest | ScanResult,
+    out_path: str | Path = "predictions.csv",
+    model_path: str | Path | None = None,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = "auto",
+    workers: int | None = None,
+    fast: bool = True,
+    predictor: Predictor | None = None,
+) -> PredictSummary:
+    """Predict every study of a folder (scanned recursively), a manifest or a scan into `out_path` (.csv/.jsonl).
+
+    Studies already in `out_path` are skipped; files set aside go to `<stem>.errors.csv`. A ready
+    `predictor` replaces `model_path`, `device` and `fast`.
+    """
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    output_format(out_path)
+    if predictor is None:
+        model, model_path = load_model(model_path)
+        predictor = Predictor(model, device=device, fast=fast)
+    studies, set_aside = _gather(source)
+    workers = _check_settings(batch_size, workers)
+    summary = PredictSummary(out_path, errors_path(out_path), Path(model_path or "(given predictor)"))
+    summary.studies = len(studies)
+    with (
+        PredictionsFile(out_path, predictor.labels, predictor.thresholds) as predictions,
+        ErrorsFile(summary.errors_output) as errors,
+    ):
+        errors.write(set_aside)
+        summary.set_aside = len(set_aside)
+        todo = [s for s in studies if s.study_id not in predictions.done]
+        summary.skipped = len(studies) - len(todo)
+        if summary.skipped:
+            logger.info(
+                "%d of %d studies are already in %s; predicting the other %d",
+                summary.skipped,
+                len(studies),
+                out_path,
+                len(todo),
+            )
+        _run(predictor, todo, predictions, errors, summary, batch_size=batch_size, workers=workers)
+    summary.seconds = time.perf_counter() - start
+    logger.info("%s", summary)
+    return summary
+
+
+def _run(
+    predictor: Predictor,
+    studies: Sequence[Study],
+    predictions: PredictionsFile,
+    errors: ErrorsFile,
+    summary: PredictSummary,
+    *,
+    batch_size: int,
+    workers: int | None,
+) -> None:
+    """Predict and write batch by batch: the errors of a batch first, then its rows."""
+    progress = ProgressLine(len(studies), "studies")
+    try:
+        for chunk in predictor.iter_predictions(studies, batch_size=batch_size, workers=workers):
+            problems = [e for p in chunk for e in p.errors]
+            errors.write(problems)
+            done = [p for p in chunk if p.ok]
+            predictions.write(done)
+            summary.set_aside += len(problems)
+            summary.failed += len(chunk) - len(done)
+            summary.predicted += len(done)
+            for p in done:
+                summary.routes[p.route] += 1
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+
+
+def _gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
+    """The studies to predict and the files already set aside, from a folder, a manifest or a scan."""
+    if isinstance(source, Manifest):
+        return source.studies, ()
+    if isinstance(source, ScanResult):
+        return source.studies, source.set_aside
+    folder = Path(source)
+    if not folder.exists():
+        raise TwoviewError(f"{folder}: no such file or folder")
+    logger.info("scanning %s", folder)
+    progress = ProgressLine(0, "files")
+
+    def step(done: int, total: int, path: Path) -> None:
+        progress.total = total
+        progress.update()
+
+    try:
+        scan = scan_folder(folder, progress=step)
+    finally:
+        progress.close()
+    logger.info("found %d studies in %s (%d files set aside)", len(scan.studies), folder, len(scan.set_aside))
+    return scan.studies, scan.set_aside

@@ -1,0 +1,230 @@
+"""Prediction files: columns, rows, crash-safe appends, resume, the errors file and the progress line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from pipeline.outputs import (
+    ErrorsFile,
+    OutputError,
+    PredictionsFile,
+    ProgressLine,
+    errors_path,
+    output_format,
+    prediction_columns,
+    prediction_row,
+)
+from pipeline.predict import StudyPrediction
+from pipeline.studies import SetAside
+
+LABELS = ("effusion", "nodule")
+THRESHOLDS = {"nodule": 0.4}
+
+
+def prediction(study_id: str, route: str = "frontal", value: float = 0.25) -> StudyPrediction:
+    """A prediction as the Predictor makes it: the heads that did not run are None."""
+    ran = {"joint": ("frontal", "lateral", "joint"), "frontal": ("frontal",), "lateral": ("lateral",)}[route]
+    heads = {
+        h: {label: (value if h in ran else None) for label in LABELS} for h in ("frontal", "lateral", "joint")
+    }
+    final = heads[route]
+    return StudyPrediction(
+        study_id,
+        route,
+        dict(final),
+        heads["frontal"],
+        heads["lateral"],
+        heads["joint"],
+        {"nodule": int(final["nodule"] >= THRESHOLDS["nodule"])},
+        Path("/data/a.dcm") if route != "lateral" else None,
+        Path("/data/b.dcm") if route != "frontal" else None,
+    )
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")
+
+
+def test_columns_name_each_head_and_thresholds_only_where_set():
+    columns = prediction_columns(LABELS, THRESHOLDS)
+    assert columns == [
+        "study_id",
+        "route",
+        "frontal_file",
+        "lateral_file",
+        "effusion",
+        "effusion_frontal",
+        "effusion_lateral",
+        "effusion_joint",
+        "nodule",
+        "nodule_frontal",
+        "nodule_lateral",
+        "nodule_joint",
+        "nodule_threshold",
+        "nodule_call",
+    ]
+
+
+@pytest.mark.parametrize("labels", [("route", "x"), ("a", "a_frontal")])
+def test_labels_that_collide_with_columns_are_refused(labels):
+    with pytest.raises(OutputError, match="repeated output columns"):
+        prediction_columns(labels, {})
+
+
+def test_row_blank_where_a_head_did_not_run_and_call_from_threshold():
+    row = prediction_row(prediction("s1", "lateral", 0.5), THRESHOLDS)
+    assert row["route"] == "lateral" and row["frontal_file"] is None and row["lateral_file"] == "/data/b.dcm"
+    assert row["nodule"] == 0.5 and row["nodule_lateral"] == 0.5
+    assert row["nodule_frontal"] is None and row["nodule_joint"] is None
+    assert row["nodule_threshold"] == 0.4 and row["nodule_call"] == 1
+    assert "effusion_call" not in row
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("o.csv", "csv"), ("o.JSONL", "jsonl"), ("o.ndjson", "jsonl")]
+)
+def test_output_format_from_suffix(name, expected):
+    assert output_format(name) == expected
+
+
+@pytest.mark.parametrize("name", ["out.txt", "out", "out.json"])
+def test_unknown_output_format_is_refused(name):
+    with pytest.raises(OutputError, match="use .csv or .jsonl"):
+        output_format(name)
+
+
+def test_errors_path_is_beside_the_output():
+    assert errors_path("/x/run.jsonl") == Path("/x/run.errors.csv")
+
+
+def test_csv_header_once_and_resume_reads_done_ids(tmp_path):
+    out = tmp_path / "p.csv"
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        f.write([prediction("s1", "joint"), prediction("s2", "lateral")])
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        assert f.done == {"s1", "s2"}
+        f.write([prediction("s3")])
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [r["study_id"] for r in rows] == ["s1", "s2", "s3"]
+    assert lines(out).count(lines(out)[0]) == 1
+    assert rows[1]["effusion_frontal"] == "" and rows[1]["effusion_lateral"] == "0.25"
+
+
+def test_jsonl_one_object_per_line_with_nulls(tmp_path):
+    out = tmp_path / "p.jsonl"
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        f.write([prediction("s1", "frontal")])
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        assert f.done == {"s1"}
+        f.write([prediction("s2", "joint")])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["study_id"] for r in records] == ["s1", "s2"]
+    assert records[0]["nodule_lateral"] is None and records[0]["lateral_file"] is None
+    assert records[1]["nodule_joint"] == 0.25 and records[1]["nodule_call"] == 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_torn_last_line_is_cut_off_on_reopen(tmp_path, suffix, caplog):
+    out = tmp_path / f"p{suffix}"
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        f.write([prediction("s1")])
+    whole = out.read_bytes()
+    out.write_bytes(whole + b'{"study_id": "s2", "rou' if suffix == ".jsonl" else whole + b"s2,fron")
+    with caplog.at_level(logging.WARNING), PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        assert f.done == {"s1"}
+        assert out.read_bytes() == whole
+        f.write([prediction("s2")])
+    assert "incomplete last line" in caplog.text
+    assert out.read_text().endswith("\n") and out.read_text().count("s2") == 1
+
+
+def test_a_torn_header_is_rewritten(tmp_path):
+    out = tmp_path / "p.csv"
+    out.write_text("study_id,ro")
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        assert f.done == set()
+        f.write([prediction("s1")])
+    assert lines(out)[0] == ",".join(prediction_columns(LABELS, THRESHOLDS))
+
+
+def test_line_breaks_in_text_keep_each_csv_row_on_one_line(tmp_path):
+    out = tmp_path / "p.csv"
+    with PredictionsFile(out, LABELS, {}) as f:
+        f.write([prediction("odd\nid")])
+    assert len(out.read_text().splitlines()) == 2
+    with PredictionsFile(out, LABELS, {}) as f:
+        assert f.done == {"odd\\nid"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resuming_with_other_columns_is_refused(tmp_path, suffix):
+    out = tmp_path / f"p{suffix}"
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:
+        f.write([prediction("s1")])
+    before = out.read_bytes()
+    with pytest.raises(OutputError, match="another output file"):
+        PredictionsFile(out, ("effusion", "nodule", "mass"), THRESHOLDS)
+    assert out.read_bytes() == before
+
+
+def test_damaged_jsonl_is_refused_with_its_line(tmp_path):
+    out = tmp_path / "p.jsonl"
+    with PredictionsFile(out, LABELS, {}) as f:
+        f.write([prediction("s1")])
+    with out.open("a") as f:
+        f.write("not json\n")
+    with pytest.raises(OutputError, match="line 2: not valid JSON"):
+        PredictionsFile(out, LABELS, {})
+    out.write_text('{"study_id": "s1"}\n')
+    with pytest.raises(OutputError, match="line 1: has other fields"):
+        PredictionsFile(out, LABELS, {})
+
+
+def test_errors_file_lists_each_item_once_across_runs(tmp_path):
+    path = tmp_path / "p.errors.csv"
+    bad = SetAside(tmp_path / "x.dcm", "this is not a DICOM, PNG or JPEG image")
+    dup = SetAside(tmp_path / "y.dcm", "second frontal view", "1.2.3", "duplicate")
+    with ErrorsFile(path) as f:
+        f.write([bad, dup, bad])
+        assert f.written == 2
+    with ErrorsFile(path) as f:
+        f.write([dup, SetAside(tmp_path / "z.dcm", "a CT scan", None, "not_chest")])
+        assert f.written == 1
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert [(r["path"], r["study_id"], r["kind"]) for r in rows] == [
+        (str(tmp_path / "x.dcm"), "", "unreadable"),
+        (str(tmp_path / "y.dcm"), "1.2.3", "duplicate"),
+        (str(tmp_path / "z.dcm"), "", "not_chest"),
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    stream = _Terminal()
+    progress = ProgressLine(3, "studies", stream=stream)
+    for _ in range(3):
+        progress.update()
+    progress.close()
+    text = stream.getvalue()
+    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
+    assert "3/3 studies (100%)" in text and "studies/s" in text and "ETA" in text
+
+
+def test_progress_logs_plain_lines_when_not_a_terminal(caplog):
+    stream = io.StringIO()
+    progress = ProgressLine(10, "studies", stream=stream, interval=0.0)
+    with caplog.at_level(logging.INFO, logger="pipeline.outputs"):
+        progress.update(4)
+        progress.close()
+    assert stream.getvalue() == ""
+    assert "4/10 studies (40%)" in caplog.text and "ETA" in caplog.text
