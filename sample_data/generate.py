@@ -191,11 +191,15 @@ def _write_study(
     shots = [(view, view) for view in views]
     if plan.extra_frontal:
         shots.append(("frontal", "frontal_extra"))
+    kept_frontal = None
     for number, (view, role) in enumerate(shots, start=1):
-        pixels = images.frontal if view == "frontal" else images.lateral
         if role == "frontal_extra":
-            pixels = np.clip(pixels * 0.92 + 0.04, 0.0, 1.0)
-        pixels = _crop(pixels, view, rng)
+            # A tighter-collimated, differently exposed repeat: smaller, so readers keep the listed PA.
+            pixels = np.clip(_tighter(kept_frontal) * 0.92 + 0.04, 0.0, 1.0)
+        else:
+            pixels = _crop(images.frontal if view == "frontal" else images.lateral, view, rng)
+            if view == "frontal":
+                kept_frontal = pixels
         position = plan.view_position if view == "frontal" else "LL"
         name = f"{number}.dcm" if rng.random() < 0.7 else f"IM{number:04d}"
         rel = study_dir / f"SE{number:03d}" / name
@@ -223,6 +227,13 @@ def _write_study(
             written[view] = rel.as_posix()
         written[f"file{number}"] = rel.as_posix()
     return written, images
+
+
+def _tighter(pixels: np.ndarray, margin: float = 0.04) -> np.ndarray:
+    """The same image with a few per cent cut from every border."""
+    rows, cols = pixels.shape
+    r, c = max(1, int(rows * margin)), max(1, int(cols * margin))
+    return np.ascontiguousarray(pixels[r:-r, c:-c])
 
 
 def _crop(pixels: np.ndarray, view: str, rng: np.random.Generator) -> np.ndarray:
