@@ -34,6 +34,7 @@ __all__ = [
     "PredictionsFile",
     "ProgressLine",
     "error_row",
+    "csv_line",
     "errors_path",
     "output_format",
     "prediction_columns",
@@ -172,10 +173,10 @@ class _CsvFile(_AppendFile):
     """CSV with one header line; blank cells for None; line breaks in text are written as `\\n`."""
 
     def _header(self) -> str:
-        return _csv_line(self.columns)
+        return csv_line(self.columns)
 
     def _format(self, row: Row) -> str:
-        return _csv_line([_csv_cell(row.get(c)) for c in self.columns])
+        return csv_line([_csv_cell(row.get(c)) for c in self.columns])
 
     def existing(self) -> Iterator[Row]:
         with self.path.open(encoding="utf-8", newline="") as f:
@@ -323,7 +324,8 @@ def _drop_partial_line(path: Path, chunk: int = 1 << 16) -> int:
         return size - keep
 
 
-def _csv_line(cells: Sequence[str]) -> str:
+def csv_line(cells: Sequence[str]) -> str:
+    """One CSV row as a complete line."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(cells)
     return buffer.getvalue()

@@ -22,6 +22,7 @@ from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
 from pipeline.errors import TwoviewError
 from pipeline.manifest import Manifest
 from pipeline.outputs import ErrorsFile, PredictionsFile, ProgressLine, errors_path, output_format
+from pipeline.shards import Shard, select
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study, scan_folder
 
 __all__ = [
@@ -315,11 +316,12 @@ def predict_folder(
     workers: int | None = None,
     fast: bool = True,
     predictor: Predictor | None = None,
+    shard: Shard | None = None,
 ) -> PredictSummary:
     """Predict every study of a folder (scanned recursively), a manifest or a scan into `out_path` (.csv/.jsonl).
 
     Studies already in `out_path` are skipped; files set aside go to `<stem>.errors.csv`. A ready
-    `predictor` replaces `model_path`, `device` and `fast`.
+    `predictor` replaces `model_path`, `device` and `fast`; a `shard` keeps only its share of studies.
     """
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -328,6 +330,9 @@ def predict_folder(
         model, model_path = load_model(model_path)
         predictor = Predictor(model, device=device, fast=fast)
     studies, set_aside = _gather(source)
+    if shard is not None:
+        studies, set_aside = select(studies, set_aside, shard)
+        logger.info("shard %s: %d studies", shard, len(studies))
     workers = _check_settings(batch_size, workers)
     summary = PredictSummary(out_path, errors_path(out_path), Path(model_path or "(given predictor)"))
     summary.studies = len(studies)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -403,10 +404,13 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def fit(settings: TrainSettings, resume: bool = False) -> TrainResult | None:
+def fit(
+    settings: TrainSettings, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> TrainResult | None:
     """Train (or resume) a run; see the module docstring for what the run folder holds.
 
-    Returns the result on the process of global rank 0, None on the other DDP processes.
+    `callbacks` are added to the Trainer's own (benchmarks time steps this way). Returns the result
+    on the process of global rank 0, None on the other DDP processes.
     """
     out = Path(settings.out_dir)
     last_ckpt = out / "checkpoints" / "last.ckpt"
@@ -438,7 +442,7 @@ def fit(settings: TrainSettings, resume: bool = False) -> TrainResult | None:
     module.net.load_state_dict(net.state_dict())
     if not resume:
         settings.save(out / "settings.json")
-    trainer = _trainer(settings, out)
+    trainer = _trainer(settings, out, callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=str(last_ckpt) if resume else None)
     if not trainer.is_global_zero:
         return None  # rank 0 writes the report
@@ -452,7 +456,7 @@ def _manifest_labels(settings: TrainSettings) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _trainer(settings: TrainSettings, out: Path) -> pl.Trainer:
+def _trainer(settings: TrainSettings, out: Path, extra: Sequence[Callback] = ()) -> pl.Trainer:
     strategy: Any = settings.strategy
     if strategy == "ddp":
         # A batch without two-view studies leaves the fusion block unused; DDP must allow that.
@@ -473,6 +477,7 @@ def _trainer(settings: TrainSettings, out: Path) -> pl.Trainer:
             SafetensorsExport(out),
             EarlyStopping(monitor=MONITOR, mode="max", patience=settings.patience),
             LearningRateMonitor(logging_interval="epoch"),
+            *extra,
         ],
         log_every_n_steps=1,
         deterministic=False,
