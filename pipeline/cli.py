@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 
 from models.errors import ModelError
@@ -51,6 +52,7 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.manifest import read_manifest
     from pipeline.predict import predict_folder
+    from pipeline.shards import parse_shard
 
     if (args.folder is None) == (args.manifest is None):
         raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
@@ -65,6 +67,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         fast=not args.no_fast,
+        shard=parse_shard(args.shard) if args.shard else None,
     )
     return 0
 
@@ -95,7 +98,34 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fast", action="store_true", help="float32 inference (no channels-last, no bfloat16)")
     p.add_argument("--manifest", help="a manifest CSV (study_id, frontal, lateral) instead of a folder")
     p.add_argument("--images", help="folder the manifest's paths are relative to (default: the manifest's)")
+    p.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="predict only shard K of N (K from 1), chosen by study id; join the outputs with 'twoview merge'",
+    )
     p.set_defaults(handler=_predict)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pipeline.shards import merge_outputs
+
+    print(merge_outputs(args.inputs, args.output, folder=args.folder))
+    return 0
+
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="join the outputs of sharded 'twoview predict --shard K/N' runs",
+        description="Join shard outputs (and their .errors.csv files) into one file sorted by study id; "
+        "a study found in two shards is an error.",
+    )
+    p.add_argument("output", help="merged output (.csv or .jsonl, as the shards)")
+    p.add_argument("inputs", nargs="+", help="the shard outputs")
+    p.add_argument(
+        "--folder", help="the predicted folder: also check that every study of it is in some shard"
+    )
+    p.set_defaults(handler=_merge)
 
 
 #: Subcommands, each added by one function; later jobs add theirs here.
@@ -105,39 +135,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         result = fit(TrainSettings(manifest="", out_dir=args.resume), resume=True)
     else:
-        if not args.manifest or not args.out:
+        if not args.manifest or not args.out_dir:
             raise TwoviewError("give --manifest and --out for a new run, or --resume RUN_DIR to continue one")
-        settings = TrainSettings(
-            manifest=args.manifest,
-            out_dir=args.out,
-            images_dir=args.images,
-            val_manifest=args.val_manifest,
-            val_fraction=args.val_fraction,
-            start=args.start,
-            pretrained_sha256=args.pretrained_sha256,
-            arch=args.arch,
-            image_size=args.image_size,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup_epochs,
-            head_weights_start=tuple(args.head_weights_start),
-            head_weights_end=tuple(args.head_weights_end),
-            ramp_epochs=args.ramp_epochs,
-            view_dropout=args.view_dropout,
-            balance=not args.no_balance,
-            grad_clip=args.grad_clip,
-            precision=args.precision,
-            accelerator=args.accelerator,
-            devices=args.devices,
-            num_nodes=args.num_nodes,
-            strategy=args.strategy,
-            workers=args.workers,
-            patience=args.patience,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-        )
+        # The train options are named after TrainSettings fields (see `dest` below).
+        given = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if hasattr(args, f.name)}
+        settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
         result = fit(settings)
     if result is not None:
         print(f"best model: {result.best}")
@@ -153,9 +155,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", help="training manifest CSV")
     p.add_argument(
-        "--images", help="folder the manifest's paths are relative to (default: the manifest's folder)"
+        "--images",
+        dest="images_dir",
+        help="folder the manifest's paths are relative to (default: the manifest's folder)",
     )
-    p.add_argument("--out", help="run folder to write checkpoints, metrics and the report into")
+    p.add_argument(
+        "--out", dest="out_dir", help="run folder to write checkpoints, metrics and the report into"
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument(
         "--val-manifest", help="validation manifest (default: a patient-level split of --manifest)"
@@ -198,7 +204,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--view-dropout", type=float, default=0.2, help="share of two-view studies trained with one view"
     )
-    p.add_argument("--no-balance", action="store_true", help="no class-balanced positive weights")
+    p.add_argument(
+        "--no-balance", dest="balance", action="store_false", help="no class-balanced positive weights"
+    )
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument(
         "--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (default: mixed on GPU)"
@@ -250,11 +258,51 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_evaluate)
 
 
+def _app(args: argparse.Namespace) -> int:
+    """Become `streamlit run app/Home.py` bound to --host:--port (exec: Ctrl-C and SIGTERM reach it directly)."""
+    import os
+    from pathlib import Path
+
+    entry = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+    if not entry.is_file():
+        raise TwoviewError(f"the app is not installed: {entry} is missing")
+    env = dict(os.environ)
+    if args.model:
+        model = Path(args.model).expanduser().resolve()
+        if not model.is_file():
+            raise TwoviewError(f"{args.model}: model file not found")
+        env["TWOVIEW_MODEL"] = str(model)
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(entry),
+        "--server.port", str(args.port),
+        "--server.address", args.host,
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    print(f"twoview app: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: exec replaced this process
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="run the browser app (Predict, Batch, Fine-tune, Model) on this machine",
+        description="Start the Streamlit app. It listens on 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument("--port", type=int, default=8501, help="port to listen on (default: 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1: this machine)")
+    p.add_argument("--model", help="the model to start with (default: $TWOVIEW_MODEL, else the demo model)")
+    p.set_defaults(handler=_app)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_sample_data,
     _add_predict,
     _add_train,
     _add_evaluate,
+    _add_merge,
+    _add_app,
 ]
 
 
@@ -271,12 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(debug: bool) -> None:
+    """Our own loggers (and Lightning's progress notes) at INFO; other libraries only warn (openjpeg chatters)."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("twoview", "pipeline", "models", "sample_data", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.debug)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0

@@ -12,6 +12,7 @@ python -m pip install --quiet -e ".[dev]"
 if [ "${TWOVIEW_NO_SYSTEM:-0}" != 1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=()
   command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser tests drive the app in it
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi

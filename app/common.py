@@ -1,0 +1,140 @@
+"""What every page shares: the app's folders, the active model (loaded once per process), error display."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from models.checkpoint import read_config
+from models.config import ModelConfig
+from models.errors import ModelError
+from pipeline.errors import TwoviewError
+from pipeline.explain import Explainer
+from pipeline.predict import DEMO_MODEL, Predictor, load_model
+
+logger = logging.getLogger("twoview.app")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_STUDIES = REPO / "sample_data" / "studies"
+BUNDLED_MODELS = REPO / "sample_data" / "models"
+_chosen: dict[str, Path] = {}  # the model picked on the Model page, shared by every session of this process
+_chosen_lock = threading.Lock()
+
+
+def app_dir() -> Path:
+    """Where the app keeps runs, uploaded models and job records: `$TWOVIEW_APP_DIR`, else ~/.twoview/app."""
+    path = Path(os.environ.get("TWOVIEW_APP_DIR") or Path.home() / ".twoview" / "app")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def folder(name: str) -> Path:
+    """A sub-folder of the app folder: runs, models, jobs, batch."""
+    path = app_dir() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_model() -> Path:
+    """`$TWOVIEW_MODEL` if set, else the bundled demo model."""
+    env = os.environ.get("TWOVIEW_MODEL")
+    return Path(env) if env else DEMO_MODEL
+
+
+def active_model() -> Path:
+    """The model the Model page picked, else the default."""
+    with _chosen_lock:
+        return _chosen.get("path", default_model())
+
+
+def set_active_model(path: Path | None) -> None:
+    """Make `path` the active model for every session (None: back to the default)."""
+    with _chosen_lock:
+        if path is None:
+            _chosen.pop("path", None)
+        else:
+            _chosen["path"] = Path(path)
+    logger.info("active model: %s", active_model())
+
+
+def model_ready(path: Path) -> bool:
+    return path.is_file()
+
+
+def no_model_message(path: Path) -> str:
+    return (
+        f"No model is available: {path} does not exist. Pick or upload a `.safetensors` checkpoint on the "
+        "**Model** page, train one on **Fine-tune**, or start the app with `twoview app --model PATH` "
+        "(or set `TWOVIEW_MODEL`)."
+    )
+
+
+def _stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError as err:
+        raise TwoviewError(f"{path}: model file not found") from err
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _predictor(path: str, mtime_ns: int) -> Predictor:
+    model, _ = load_model(path)
+    logger.info("loaded model %s", path)
+    return Predictor(model, fast=True)
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _explainer(path: str, mtime_ns: int) -> Explainer:
+    return Explainer(_predictor(path, mtime_ns).model)
+
+
+def predictor(path: Path) -> Predictor:
+    """The model at `path`, loaded once per process (reloaded when the file changes)."""
+    return _predictor(str(path), _stamp(path))
+
+
+def explainer(path: Path) -> Explainer:
+    """Grad-CAM for the model at `path`, made once per process."""
+    return _explainer(str(path), _stamp(path))
+
+
+def model_config(path: Path) -> ModelConfig:
+    return read_config(path)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show twoview's own errors as a message, never as a traceback."""
+    try:
+        yield
+    except (TwoviewError, ModelError) as err:
+        st.error(str(err))
+
+
+def to_display(pixels: np.ndarray) -> np.ndarray:
+    """[0, 1] float pixels (already windowed by `read_image`) as 8-bit grey for the browser."""
+    return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An RGB picture: the grey image with the heatmap blended in (jet colours, stronger where hotter)."""
+    from matplotlib import colormaps
+
+    grey = np.repeat(np.clip(pixels, 0, 1)[..., None], 3, axis=2)
+    colours = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    weight = alpha * np.clip(heat, 0, 1)[..., None] ** 0.5
+    return ((1 - weight) * grey + weight * colours).clip(0, 1)
+
+
+def fit(picture: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """A picture no bigger than `max_side` on its long side, so big films stay quick to send."""
+    rows, cols = picture.shape[:2]
+    step = max(1, -(-max(rows, cols) // max_side))
+    return picture[::step, ::step]

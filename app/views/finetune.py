@@ -1,0 +1,215 @@
+"""Fine-tune: start `twoview train` on a manifest, watch loss and AUROC per head live, stop it, use the result."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import common
+from pipeline.jobs import TrainJob, command_text, latest_job, list_jobs, manifest_from_folder
+from pipeline.runs import read_metrics
+
+state = st.session_state
+HEADS = ("frontal", "lateral", "joint", "final")
+HEAD_WEIGHTS = ("joint", "frontal", "lateral")  # the order `twoview train` takes them in
+STARTS = {
+    "the active model": "active",
+    "scratch (random weights)": "scratch",
+    "another checkpoint, DenseNet121 weights or URL": "other",
+}
+
+
+def epoch_means(points: list[tuple[int, float]]) -> dict[int, float]:
+    sums: dict[int, list[float]] = {}
+    for epoch, value in points:
+        sums.setdefault(epoch, []).append(value)
+    return {epoch: sum(v) / len(v) for epoch, v in sums.items()}
+
+
+def curves(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Loss (train mean, validation) and validation AUROC per head, one row per epoch."""
+    series = read_metrics(run_dir)
+    loss = pd.DataFrame(
+        {
+            name: epoch_means(series.get(key, []))
+            for name, key in (("train", "train/loss"), ("validation", "val/loss"))
+        }
+    )
+    auroc = pd.DataFrame({head: epoch_means(series.get(f"val/auroc_{head}", [])) for head in HEADS})
+    for frame in (loss, auroc):
+        frame.index.name = "epoch"
+    return loss.sort_index(), auroc.sort_index()
+
+
+def show_curves(job: TrainJob) -> None:
+    loss, auroc = curves(job.run_path)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Loss**")
+        if loss.dropna(how="all").empty:
+            st.caption("No loss logged yet.")
+        else:
+            st.line_chart(loss, x_label="epoch", y_label="loss")
+    with right:
+        st.markdown("**Validation AUROC per head**")
+        if auroc.dropna(how="all").empty:
+            st.caption("No validation yet (it runs at the end of each epoch).")
+        else:
+            st.line_chart(auroc, x_label="epoch", y_label="AUROC")
+
+
+def show_job(job: TrainJob) -> None:
+    """Status, live curves and the log; reruns itself every two seconds while training runs."""
+    state_name = job.state
+    st.markdown(f"**Run** `{job.run_dir}` — **{state_name}** (pid {job.pid})")
+    st.caption(command_text(job.command))
+    show_curves(job)
+    with st.expander("Training log", expanded=state_name == "failed"):
+        st.code(job.log_tail(30) or "(nothing yet)", language=None)
+    if state_name == "running":
+        if st.button("Stop", type="secondary", key="stop"):
+            job.stop()
+            st.rerun()
+        state.train_shown_running = True
+        return
+    if state.pop("train_shown_running", False):
+        st.rerun()
+    show_outcome(job, state_name)
+
+
+def show_outcome(job: TrainJob, state_name: str) -> None:
+    if state_name == "failed":
+        st.error("Training ended without a report; see the training log above.")
+        return
+    report = job.report()
+    if report is None:
+        st.warning("Training was stopped before it finished; no report was written.")
+    else:
+        with st.container(border=True):
+            st.markdown(demote_headings(report))
+    if job.best.is_file():
+        if common.active_model() == job.best:
+            st.success(f"{job.best} is the active model.")
+        elif st.button("Use this model", type="primary", key="use"):
+            common.set_active_model(job.best)
+            st.success(f"{job.best} is now the active model.")
+
+
+def demote_headings(markdown: str) -> str:
+    """Report headings two levels down, so they sit under the page's own."""
+    return re.sub(r"^(#{1,4}) ", r"##\1 ", markdown, flags=re.MULTILINE)
+
+
+def manifest_input() -> Path | tuple[Path, Path] | None:
+    """The manifest to train on: given, or written from a folder and a labels table."""
+    kind = st.radio("Training data", ["A manifest CSV", "A folder and a labels CSV"], horizontal=True)
+    if kind == "A manifest CSV":
+        text = st.text_input(
+            "Manifest (study_id, patient_id, frontal, lateral, one column per label)",
+            value=str(common.SAMPLE_STUDIES / "labels.csv"),
+        )
+        return Path(text).expanduser() if text else None
+    folder = st.text_input("Folder of studies (scanned recursively)", value="")
+    labels = st.text_input("Labels CSV (study_id + one column per label: 1, 0 or blank)", value="")
+    if not folder or not labels:
+        return None
+    return Path(folder).expanduser(), Path(labels).expanduser()
+
+
+def options_input(active: Path) -> dict[str, object]:
+    """The hyper-parameters that matter, as `twoview train` flags."""
+    one, two, three, four = st.columns(4)
+    epochs = one.number_input("Epochs", 1, 1000, 20)
+    lr = two.number_input("Learning rate", 1e-6, 1.0, 3e-4, format="%.0e", step=1e-4)
+    batch = three.number_input("Batch size", 1, 1024, 16)
+    size = four.number_input("Image size (px)", 32, 2048, 224, step=32)
+    start_name = st.selectbox("Starting model", list(STARTS), index=0 if common.model_ready(active) else 1)
+    start = STARTS[start_name]
+    arch = "densenet121"
+    if start == "active":
+        start = str(active)
+    elif start == "other":
+        start = st.text_input("Checkpoint path or URL", value="")
+    else:
+        arch = st.selectbox("Network", ["densenet121", "tiny"])
+    one, two = st.columns(2)
+    dropout = one.slider("View dropout (share of two-view studies trained with one view)", 0.0, 1.0, 0.2)
+    workers = two.number_input("Decoding workers", 0, 16, 2)
+    st.markdown("**Head weights** (loss weight of each head, ramped from start to end)")
+    begin, end = [], []
+    for head, columns, first, last in zip(
+        HEAD_WEIGHTS, st.columns(3), (0.3, 1.0, 1.0), (1.0, 0.3, 0.3), strict=True
+    ):
+        begin.append(columns.number_input(f"{head} at start", 0.0, 10.0, first, key=f"hw0-{head}"))
+        end.append(columns.number_input(f"{head} at end", 0.0, 10.0, last, key=f"hw1-{head}"))
+    ramp = st.number_input("Ramp epochs", 0, 1000, 5)
+    return {
+        "start": start,
+        "arch": arch,
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "batch_size": int(batch),
+        "image_size": int(size),
+        "view_dropout": float(dropout),
+        "head_weights_start": begin,
+        "head_weights_end": end,
+        "ramp_epochs": int(ramp),
+        "workers": int(workers),
+    }
+
+
+def start(source: Path | tuple[Path, Path], options: dict[str, object]) -> None:
+    runs, jobs = common.folder("runs"), common.folder("jobs")
+    if isinstance(source, tuple):
+        folder, labels = source
+        source = manifest_from_folder(folder, labels, common.folder("manifests") / f"{folder.name}.csv")
+    job = TrainJob.start(source, runs, jobs, options)
+    state.train_job = job.record
+
+
+def current_job() -> TrainJob | None:
+    """The job this session started or picked, else the running (or newest) one: a reload reattaches."""
+    jobs = common.folder("jobs")
+    record = state.get("train_job")
+    if record and Path(record).is_file():
+        return TrainJob.load(record)
+    return latest_job(jobs)
+
+
+def pick_run(job: TrainJob) -> None:
+    """A picker among earlier runs, when there are several."""
+    jobs = list_jobs(common.folder("jobs"))
+    if len(jobs) < 2:
+        return
+    names = [j.record for j in jobs]
+    chosen = st.selectbox("Run", names, index=names.index(job.record), format_func=lambda r: Path(r).stem)
+    if chosen != job.record:
+        state.train_job = chosen
+        st.rerun()
+
+
+def new_run_form() -> None:
+    source = manifest_input()
+    options = options_input(common.active_model())
+    if st.button("Start training", type="primary", disabled=source is None):
+        start(source, options)
+        st.rerun()
+
+
+def main() -> None:
+    st.title("Fine-tune")
+    job = current_job()
+    running = job is not None and job.running
+    if job is not None:
+        pick_run(job)
+        st.fragment(show_job, run_every=2.0 if running else None)(job)
+    if not running:
+        with st.expander("New training run", expanded=job is None):
+            new_run_form()
+
+
+with common.user_errors():
+    main()

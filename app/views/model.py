@@ -1,0 +1,145 @@
+"""Model: the active model's card, and a picker among bundled, trained and uploaded checkpoints."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import common
+from models.checkpoint import describe, read_config
+from models.errors import ModelError
+from pipeline.session import safe_name
+
+state = st.session_state
+
+
+def candidates() -> dict[str, Path]:
+    """Every checkpoint the app knows, by a readable name."""
+    found: dict[str, Path] = {}
+    default = common.default_model()
+    if default.is_file():
+        found[f"default: {default.name}"] = default
+    for path in sorted(common.BUNDLED_MODELS.glob("*.safetensors")):
+        found.setdefault(f"bundled: {path.name}", path)
+    for path in sorted(common.folder("runs").glob("*/best.safetensors"), reverse=True):
+        found[f"trained: {path.parent.name}"] = path
+    for path in sorted(common.folder("models").glob("*.safetensors")):
+        found[f"uploaded: {path.name}"] = path
+    return found
+
+
+def card(path: Path) -> None:
+    """Labels with thresholds, architecture, training data, metrics and provenance of one checkpoint."""
+    info = describe(path)
+    config = info["config"]
+    provenance = config.get("provenance") or {}
+    st.markdown(f"`{path}` — {path.stat().st_size / 2**20:.1f} MB, saved {time.ctime(path.stat().st_mtime)}")
+    thresholds = config.get("thresholds") or {}
+    aurocs = provenance.get("val_auroc") or {}
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "label": config["labels"],
+                "threshold": [thresholds.get(label, 0.5) for label in config["labels"]],
+                "threshold from": [
+                    "validation" if label in thresholds else "default 0.5" for label in config["labels"]
+                ],
+                "validation AUROC": [aurocs.get(label) for label in config["labels"]],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Network**")
+        st.markdown(
+            facts(
+                {
+                    "image size": f"{config['image_size']} px",
+                    "dense blocks": " / ".join(map(str, config["block_config"])),
+                    "growth rate": config["growth_rate"],
+                    "stem width": config["init_features"],
+                    "fusion": f"{config['fusion']} + {config['fusion_layers']} dense layers",
+                    "normalisation": f"(x − {config['norm_mean']}) / {config['norm_std']}",
+                }
+            )
+        )
+    with right:
+        st.markdown("**Training and provenance**")
+        shown = {k: v for k, v in provenance.items() if k != "val_auroc"}
+        extra = {k: v for k, v in info.items() if k not in ("config", "format", "format_version")}
+        if shown or extra:
+            st.markdown(facts({**shown, **extra}))
+        else:
+            st.caption("No training record in this checkpoint (e.g. untrained or made by hand).")
+
+
+def facts(items: dict) -> str:
+    """A markdown list of `name: value` lines (floats to 3 decimals)."""
+    return "\n".join(
+        f"- {k.replace('_', ' ')}: {f'{v:.3f}' if isinstance(v, float) else v}" for k, v in items.items()
+    )
+
+
+def picker(active: Path) -> None:
+    found = candidates()
+    if not found:
+        st.info("No checkpoints yet: upload one below, or train one on the Fine-tune page.")
+        return
+    names = list(found)
+    current = next((i for i, n in enumerate(names) if found[n] == active), 0)
+    name = st.selectbox("Checkpoint", names, index=current)
+    one, two = st.columns(2)
+    if one.button("Use this model", type="primary", disabled=found[name] == active):
+        read_config(found[name])
+        common.set_active_model(found[name])
+        st.rerun()
+    if two.button("Back to the default model"):
+        common.set_active_model(None)
+        st.rerun()
+
+
+def upload() -> None:
+    if "model_upload_message" in state:
+        st.success(state.pop("model_upload_message"))
+    file = st.file_uploader("A twoview `.safetensors` checkpoint", key="model_upload")
+    if file is None or state.get("model_upload_done") == file.file_id:
+        return
+    state.model_upload_done = file.file_id
+    target = common.folder("models") / safe_name(file.name)
+    if target.suffix != ".safetensors":
+        target = target.with_name(target.name + ".safetensors")
+    staging = target.with_name(f".{target.name}.uploading")
+    staging.write_bytes(file.getvalue())
+    try:
+        read_config(staging)
+    except ModelError as err:
+        staging.unlink(missing_ok=True)
+        st.error(str(err).replace(str(staging), file.name))
+        return
+    staging.replace(target)
+    state.model_upload_message = f"Saved as {target}; pick it above to use it."
+    st.rerun()
+
+
+def main() -> None:
+    st.title("Model")
+    active = common.active_model()
+    st.markdown("#### Active model")
+    if common.model_ready(active):
+        with common.user_errors():
+            card(active)
+    else:
+        st.warning(common.no_model_message(active))
+    st.markdown("#### Choose a model")
+    picker(active)
+    st.markdown("#### Upload a checkpoint")
+    upload()
+
+
+with common.user_errors():
+    main()

@@ -1,0 +1,339 @@
+"""Long jobs the app starts and watches: `twoview train` as a detached process, batch prediction in a thread.
+
+A training job is a `twoview train` process in its own session, so it outlives the browser tab
+(and the app); a small JSON record in a jobs folder (pid, run folder, command) lets a reload find it
+again. A batch job scans a folder and runs `predict_folder` in a thread, reporting its progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ManifestError, TwoviewError
+from pipeline.manifest import write_manifest
+from pipeline.outputs import errors_path, output_format
+from pipeline.predict import Predictor, PredictSummary, predict_folder
+from pipeline.studies import ScanResult, scan_folder
+
+__all__ = [
+    "BatchJob",
+    "JobError",
+    "TrainJob",
+    "command_text",
+    "latest_job",
+    "list_jobs",
+    "manifest_from_folder",
+    "train_command",
+]
+
+logger = logging.getLogger(__name__)
+
+_RESERVED = {"study_id", "patient_id", "frontal", "lateral"}
+_POPEN: dict[int, subprocess.Popen] = {}  # children started by this process, so their exit can be read
+
+
+class JobError(TwoviewError):
+    """A job that cannot be started, found or stopped."""
+
+
+def train_command(manifest: str | Path, run_dir: str | Path, options: dict[str, object]) -> list[str]:
+    """The `twoview train` command line: `options` maps flag names (no dashes) to values; None is left out."""
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(run_dir),
+    ]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            command.append(flag)
+        elif isinstance(value, list | tuple):
+            command += [flag, *(str(v) for v in value)]
+        else:
+            command += [flag, str(value)]
+    return command
+
+
+@dataclass
+class TrainJob:
+    """One `twoview train` process: its pid, run folder and command, saved as `<jobs>/<name>.json`."""
+
+    name: str
+    run_dir: str
+    pid: int
+    command: list[str]
+    started: float
+    stopped: bool = False
+    record: str = ""  # where this record is saved
+
+    @classmethod
+    def start(
+        cls, manifest: str | Path, runs_dir: str | Path, jobs_dir: str | Path, options: dict[str, object]
+    ) -> TrainJob:
+        """Start training into a new run folder under `runs_dir`, detached from the caller's session."""
+        name = time.strftime("run-%Y%m%d-%H%M%S")
+        run_dir = _unique_dir(Path(runs_dir) / name)
+        command = train_command(manifest, run_dir, options)
+        log = (run_dir / "train.log").open("ab")
+        try:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as err:
+            raise JobError(f"cannot start training: {err.strerror or err}") from err
+        finally:
+            log.close()
+        _POPEN[process.pid] = process
+        job = cls(run_dir.name, str(run_dir), process.pid, command, time.time())
+        job.record = str(Path(jobs_dir) / f"{run_dir.name}.json")
+        job.save()
+        logger.info("training started: pid %d, run folder %s", process.pid, run_dir)
+        return job
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainJob:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**{**data, "record": str(path)})
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise JobError(f"{path}: not a readable job record ({err})") from err
+
+    def save(self) -> None:
+        path = Path(self.record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: v for k, v in asdict(self).items() if k != "record"}, indent=2))
+        os.replace(tmp, path)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def running(self) -> bool:
+        """True while the training process is alive (a zombie or an unrelated reused pid is not)."""
+        process = _POPEN.get(self.pid)
+        if process is not None:
+            return process.poll() is None
+        return _alive(self.pid, self.run_dir)
+
+    @property
+    def state(self) -> str:
+        """ "running", "finished" (report written), "stopped" (by the user) or "failed"."""
+        if self.running:
+            return "running"
+        if (self.run_path / "report.md").is_file():
+            return "finished"
+        return "stopped" if self.stopped else "failed"
+
+    def stop(self) -> None:
+        """Terminate the training process group (SIGTERM); the run folder keeps what was written."""
+        self.stopped = True
+        self.save()
+        if not self.running:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        except PermissionError as err:
+            raise JobError(f"cannot stop training process {self.pid}: {err.strerror}") from err
+        process = _POPEN.get(self.pid)
+        if process is not None:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                process.wait()
+        logger.info("training stopped: pid %d, run folder %s", self.pid, self.run_dir)
+
+    def report(self) -> str | None:
+        """The run's `report.md`, once training has finished."""
+        path = self.run_path / "report.md"
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    @property
+    def best(self) -> Path:
+        return self.run_path / "best.safetensors"
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the training log (progress bars' carriage returns folded)."""
+        path = self.run_path / "train.log"
+        if not path.is_file():
+            return ""
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+        kept = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+        return "\n".join([line for line in kept if line.strip()][-lines:])
+
+
+def list_jobs(jobs_dir: str | Path) -> list[TrainJob]:
+    """Every readable job record, newest first."""
+    jobs = []
+    for path in Path(jobs_dir).glob("*.json"):
+        try:
+            jobs.append(TrainJob.load(path))
+        except JobError as err:
+            logger.warning("%s", err)
+    return sorted(jobs, key=lambda j: j.started, reverse=True)
+
+
+def latest_job(jobs_dir: str | Path) -> TrainJob | None:
+    """The running job if there is one, else the newest."""
+    jobs = list_jobs(jobs_dir)
+    return next((j for j in jobs if j.running), jobs[0] if jobs else None)
+
+
+def _alive(pid: int, run_dir: str) -> bool:
+    """A process not started by us: alive, not a zombie, and its command line names the run folder."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and run_dir in cmdline
+
+
+def _unique_dir(path: Path) -> Path:
+    candidate, n = path, 0
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.name}-{n}")
+
+
+def manifest_from_folder(folder: str | Path, labels_csv: str | Path, out: str | Path) -> Path:
+    """Scan `folder` and write a training manifest whose labels come from `labels_csv` (study_id + label columns)."""
+    labels, values = _read_label_table(Path(labels_csv))
+    scan = scan_folder(folder)
+    if not scan.studies:
+        raise ManifestError(f"{folder}: no studies found to train on")
+    missing = sum(s.study_id not in values for s in scan.studies)
+    if missing == len(scan.studies):
+        raise ManifestError(f"{labels_csv}: none of the {len(scan.studies)} studies in {folder} has a row")
+    return write_manifest(scan, out, labels, values)
+
+
+def _read_label_table(path: Path) -> tuple[list[str], dict[str, dict[str, float | None]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ManifestError(f"{path}: cannot read the label table ({err})") from err
+    if "study_id" not in header:
+        raise ManifestError(f"{path}: needs a study_id column and one column per label")
+    labels = [c for c in header if c not in _RESERVED]
+    if not labels:
+        raise ManifestError(f"{path}: has no label columns besides {', '.join(sorted(_RESERVED))}")
+    values = {}
+    for line, row in enumerate(rows, start=2):
+        values[row["study_id"].strip()] = {
+            name: _label(path, line, name, row.get(name) or "") for name in labels
+        }
+    return labels, values
+
+
+def _label(path: Path, line: int, name: str, text: str) -> float | None:
+    text = text.strip()
+    if text in ("", "-1", "-1.0"):
+        return None
+    if text in ("0", "1", "0.0", "1.0"):
+        return float(text)
+    raise ManifestError(f"{path}, line {line}, column {name!r}: {text!r}; use 1, 0 or leave it blank")
+
+
+@dataclass
+class BatchJob:
+    """Scan a folder and predict it into `output` in a background thread; poll `phase` and the counters."""
+
+    folder: Path
+    output: Path
+    predictor: Predictor
+    phase: str = "starting"  # starting, scanning, predicting, done, failed
+    files_done: int = 0
+    files_total: int = 0
+    studies: int = 0
+    error: str | None = None
+    summary: PredictSummary | None = None
+    started: float = field(default_factory=time.time)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.folder, self.output = Path(self.folder), Path(self.output)
+        output_format(self.output)
+        if not self.folder.is_dir():
+            raise JobError(f"{self.folder}: no such folder")
+
+    @property
+    def errors_output(self) -> Path:
+        return errors_path(self.output)
+
+    @property
+    def running(self) -> bool:
+        return self.phase in ("starting", "scanning", "predicting")
+
+    def start(self) -> BatchJob:
+        self._thread = threading.Thread(target=self._run, name=f"batch {self.folder}", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.phase = "scanning"
+            scan = scan_folder(self.folder, progress=self._scanned)
+            self.studies = len(scan.studies)
+            self.phase = "predicting"
+            self.summary = self._predict(scan)
+            self.phase = "done"
+        except TwoviewError as err:
+            self.error, self.phase = str(err), "failed"
+        except Exception as err:  # the thread must always end in a state the page can show
+            logger.exception("batch prediction of %s failed", self.folder)
+            self.error, self.phase = f"unexpected {type(err).__name__}: {err}", "failed"
+
+    def _scanned(self, done: int, total: int, path: Path) -> None:
+        self.files_done, self.files_total = done, total
+
+    def _predict(self, scan: ScanResult) -> PredictSummary:
+        return predict_folder(scan, self.output, predictor=self.predictor, workers=0)
+
+
+def command_text(command: Sequence[str]) -> str:
+    """A command line for display, with `python -m pipeline.cli` shown as `twoview`."""
+    words = list(command)
+    if words[1:3] == ["-m", "pipeline.cli"]:
+        words = ["twoview", *words[3:]]
+    return " ".join(words)
