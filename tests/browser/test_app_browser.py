@@ -148,7 +148,7 @@ def test_upload_predict_heads_and_heatmap(page, tmp_path, browser, app_url):
         f"model loaded {warm:.2f} s; heatmaps on top {heat:.2f} s (total with heatmaps {cold + heat:.2f} s); "
         f"screenshots in {tmp_path}"
     )
-    assert warm < 10 and heat < 15  # generous: CI machines are slower than the 3 s / 6 s targets' machine
+    # Latency is a benchmark figure (bench/RESULTS.md), not a pass/fail condition: no timed assertion.
 
 
 def test_a_broken_file_gets_a_message_and_the_rest_proceeds(page, tmp_path):
