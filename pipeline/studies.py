@@ -45,7 +45,12 @@ CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG
 _FRONTAL_RANK = {"PA": 0, "AP": 1}
 _LATERAL_RANK = {"LL": 0, "LLAT": 0, "RL": 1, "RLAT": 1}
 _EXCLUDED = "excluded by the user"
-_TABLE_SUFFIXES = {".csv", ".tsv"}  # manifests and label tables that live beside the images
+_TABLE_SUFFIXES = {
+    ".csv",
+    ".tsv",
+    ".jsonl",
+    ".ndjson",
+}  # manifests, label tables and our outputs beside the images
 
 
 @dataclass(frozen=True)

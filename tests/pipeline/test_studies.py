@@ -116,8 +116,10 @@ def test_verify_pixels_catches_damaged_pixel_data(tmp_path: Path) -> None:
     assert "incomplete" in result.set_aside[0].reason
 
 
-def test_hidden_files_skipped_and_progress_reported(study_folder: Path) -> None:
+def test_hidden_files_tables_and_outputs_skipped_and_progress_reported(study_folder: Path) -> None:
     (study_folder / ".DS_Store").write_bytes(b"junk")
+    for name in ("labels.csv", "table.tsv", "predictions.jsonl", "predictions.ndjson"):
+        (study_folder / name).write_text("study_id\n")  # a rerun of predict must not list its own output
     calls: list[tuple[int, int, Path]] = []
     result = scan_folder(study_folder, progress=lambda done, total, path: calls.append((done, total, path)))
     assert result.set_aside == ()
