@@ -3,7 +3,7 @@
 twoview's path (`read_image` + `pipeline.transforms.preprocess`) against what a naive script does
 (`ds.pixel_array` -> float64 min-max -> PIL resize), side by side in one run, single-threaded, on
 RG1 (1955x1841, 15-bit CR) uncompressed and JPEG 2000 lossless. Run: `python bench/decode.py`.
-The decoded-image cache comparison belongs in `extra_methods()` (pipeline/data.py's owner).
+The decoded-image cache's second-epoch speed-up is measured by `bench/cache.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from models.config import ModelConfig  # noqa: E402
 from pipeline.dicom import read_image  # noqa: E402
 from pipeline.transforms import preprocess  # noqa: E402
 
-__all__ = ["Method", "naive", "twoview", "extra_methods", "measure", "main"]
+__all__ = ["Method", "naive", "twoview", "measure", "main"]
 
 Method = Callable[[Path], np.ndarray]
 FILES = {"uncompressed": "RG1_UNCR.dcm", "jpeg2000-lossless": "RG1_J2KR.dcm"}
@@ -49,11 +49,6 @@ def twoview(path: Path) -> np.ndarray:
     return preprocess(read_image(path).pixels, ModelConfig())
 
 
-def extra_methods() -> dict[str, Method]:
-    """More methods to time beside the two above (e.g. a warm decoded-image cache)."""
-    return {}
-
-
 def measure(methods: dict[str, Method], path: Path, rounds: int) -> dict[str, float]:
     """Median images/s per method, the methods interleaved round by round so load affects all alike."""
     for method in methods.values():
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per method and encoding")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    methods: dict[str, Method] = {"naive": naive, "twoview": twoview, **extra_methods()}
+    methods: dict[str, Method] = {"naive": naive, "twoview": twoview}
     print(f"read + preprocess to {SIZE} px, one core (torch threads {torch.get_num_threads()})")
     print(f"{'encoding':<20}{'method':<16}{'images/s':>10}{'x naive':>10}")
     for encoding, name in FILES.items():
