@@ -2,15 +2,15 @@
 # Reproduce the bundled demo model from scratch: generate phantom studies, train full-size DenseNet121
 # branches, evaluate on held-out phantoms, and export the best weights as float16.
 #   bash scripts/train_demo.sh [WORK_DIR]        (default WORK_DIR: runs/demo)
-# Knobs (environment): STUDIES (2000), TEST_STUDIES (400), EPOCHS (8), SIZE (512 px phantoms),
+# Knobs (environment): STUDIES (1500), TEST_STUDIES (300), EPOCHS (8), SIZE (512 px phantoms),
 # PRECISION (bf16-mixed; use 32-true on CPUs without bfloat16), WORKERS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
-studies=${STUDIES:-2000}
+studies=${STUDIES:-1500}
 mkdir -p "$work"
 [ -f "$work/train/labels.csv" ] || twoview sample-data --out "$work/train" --studies "$studies" --seed 1000 --size "${SIZE:-512}"
-[ -f "$work/test/labels.csv" ] || twoview sample-data --out "$work/test" --studies "${TEST_STUDIES:-400}" --seed 2000 --size "${SIZE:-512}"
+[ -f "$work/test/labels.csv" ] || twoview sample-data --out "$work/test" --studies "${TEST_STUDIES:-300}" --seed 2000 --size "${SIZE:-512}"
 if [ -f "$work/run/checkpoints/last.ckpt" ] && [ ! -f "$work/run/report.md" ]; then
   twoview train --resume "$work/run"
 elif [ ! -f "$work/run/report.md" ]; then
