@@ -51,6 +51,7 @@ def save(
     os.close(handle)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary shared file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

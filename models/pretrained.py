@@ -67,6 +67,7 @@ def fetch(url: str, sha256: str, cache_dir: str | os.PathLike | None = None, tim
         return target
     cache.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
+    os.fchmod(handle, 0o644)  # mkstemp makes 0600; this is an ordinary shared file
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             shutil.copyfileobj(response, out)

@@ -133,6 +133,7 @@ def write_manifest(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; this is an ordinary shared file
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(buffer.getvalue())

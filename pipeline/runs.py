@@ -78,6 +78,7 @@ def write_merged_metrics(run_dir: Path) -> Path:
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k))
     out = run_dir / "metrics.csv"
     handle, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metrics.", suffix=".tmp")
+    os.fchmod(handle, 0o644)  # mkstemp makes 0600; this is an ordinary shared file
     with os.fdopen(handle, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()

@@ -183,6 +183,7 @@ def _csv_text(columns: list[str], rows: Iterable[dict]) -> str:
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(handle, 0o644)  # mkstemp makes 0600; this is an ordinary shared file
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
             f.write(text)

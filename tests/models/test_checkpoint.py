@@ -143,3 +143,9 @@ def _rewrite_metadata(path, changes):
     new = json.dumps(header).encode()
     new += b" " * (-len(new) % 8)
     path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + size :])
+
+
+def test_checkpoints_are_readable_by_other_users(tmp_path):
+    """A service account (the Docker image's user) must be able to read what training wrote."""
+    path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / "m.safetensors")
+    assert path.stat().st_mode & 0o444 == 0o444
