@@ -51,6 +51,7 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.manifest import read_manifest
+    from pipeline.outputs import Deidentifier
     from pipeline.predict import predict_folder
     from pipeline.shards import parse_shard
 
@@ -68,6 +69,7 @@ def _predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         fast=not args.no_fast,
         shard=parse_shard(args.shard) if args.shard else None,
+        deidentify=Deidentifier.from_env() if args.deidentify else None,
     )
     return 0
 
@@ -102,6 +104,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--shard",
         metavar="K/N",
         help="predict only shard K of N (K from 1), chosen by study id; join the outputs with 'twoview merge'",
+    )
+    p.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="write keyed pseudonyms for study ids and file paths (outputs and logs); the secret key "
+        "comes from $TWOVIEW_DEIDENTIFY_KEY, and the same key gives the same pseudonyms",
     )
     p.set_defaults(handler=_predict)
 

@@ -151,6 +151,12 @@ def read_image(path: str | Path, *, apply_voi: bool = True) -> XrayImage:
         raise TruncatedPixelDataError(
             path, f"the image data is damaged or incomplete and cannot be decoded ({_describe(exc)})"
         ) from exc
+    except BaseException as exc:  # a Rust decoder's panic (pyo3 PanicException) is not an Exception
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise TruncatedPixelDataError(
+            path, f"the image data is damaged and its decoder failed ({_describe(exc)})"
+        ) from exc
 
 
 def read_header(path: str | Path) -> XrayImage:
@@ -232,7 +238,8 @@ def _read_dicom(path: Path, *, apply_voi: bool) -> XrayImage:
 def _parse(path: Path, *, stop_before_pixels: bool) -> Dataset:
     """dcmread with force=True (preamble-less files); a missing transfer syntax is inferred."""
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        with _CappedReader(path) as f:
+            ds = pydicom.dcmread(f, force=True, stop_before_pixels=stop_before_pixels)
     except Exception as exc:
         raise NotAnImageError(
             path, f"the DICOM header cannot be read; the file is damaged or incomplete ({_describe(exc)})"
@@ -244,6 +251,19 @@ def _parse(path: Path, *, stop_before_pixels: bool) -> Dataset:
         else:
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     return ds
+
+
+class _CappedReader(io.BufferedReader):
+    """A file whose read(n) asks for at most the bytes left: a damaged length cannot make pydicom allocate it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._size = path.stat().st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+        return super().read(size)
 
 
 def _check_header(path: Path, ds: Dataset, notes: list[str], *, header_only: bool = False) -> None:

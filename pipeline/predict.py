@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from models.twoview import HEADS, TwoViewNet, ViewLogits
 from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
 from pipeline.errors import TwoviewError
 from pipeline.manifest import Manifest
-from pipeline.outputs import ErrorsFile, PredictionsFile, ProgressLine, errors_path, output_format
+from pipeline.outputs import (
+    Deidentifier,
+    ErrorsFile,
+    PredictionsFile,
+    ProgressLine,
+    errors_path,
+    output_format,
+)
 from pipeline.shards import Shard, select
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study, scan_folder
 
@@ -317,12 +325,45 @@ def predict_folder(
     fast: bool = True,
     predictor: Predictor | None = None,
     shard: Shard | None = None,
+    deidentify: Deidentifier | None = None,
 ) -> PredictSummary:
     """Predict every study of a folder (scanned recursively), a manifest or a scan into `out_path` (.csv/.jsonl).
 
     Studies already in `out_path` are skipped; files set aside go to `<stem>.errors.csv`. A ready
-    `predictor` replaces `model_path`, `device` and `fast`; a `shard` keeps only its share of studies.
+    `predictor` replaces `model_path`, `device` and `fast`; a `shard` keeps only its share of studies;
+    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs.
     """
+    if deidentify is not None and isinstance(source, (str, Path)):
+        deidentify = deidentify.under(source)
+    with _scrubbed_logs(deidentify):
+        return _predict_folder(
+            source,
+            out_path,
+            model_path,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            fast=fast,
+            predictor=predictor,
+            shard=shard,
+            deidentify=deidentify,
+        )
+
+
+def _predict_folder(
+    source: str | Path | Manifest | ScanResult,
+    out_path: str | Path,
+    model_path: str | Path | None,
+    *,
+    batch_size: int,
+    device: str | torch.device | None,
+    workers: int | None,
+    fast: bool,
+    predictor: Predictor | None,
+    shard: Shard | None,
+    deidentify: Deidentifier | None,
+) -> PredictSummary:
+    """`predict_folder`'s work, inside its log scrubbing."""
     start = time.perf_counter()
     out_path = Path(out_path)
     output_format(out_path)
@@ -336,13 +377,17 @@ def predict_folder(
     workers = _check_settings(batch_size, workers)
     summary = PredictSummary(out_path, errors_path(out_path), Path(model_path or "(given predictor)"))
     summary.studies = len(studies)
+    key = str
+    if deidentify is not None:
+        deidentify.learn(studies, set_aside)
+        key = deidentify.study_id
     with (
         PredictionsFile(out_path, predictor.labels, predictor.thresholds) as predictions,
         ErrorsFile(summary.errors_output) as errors,
     ):
-        errors.write(set_aside)
+        errors.write(set_aside if deidentify is None else map(deidentify.set_aside, set_aside))
         summary.set_aside = len(set_aside)
-        todo = [s for s in studies if s.study_id not in predictions.done]
+        todo = [s for s in studies if key(s.study_id) not in predictions.done]
         summary.skipped = len(studies) - len(todo)
         if summary.skipped:
             logger.info(
@@ -352,10 +397,36 @@ def predict_folder(
                 out_path,
                 len(todo),
             )
-        _run(predictor, todo, predictions, errors, summary, batch_size=batch_size, workers=workers)
+        _run(
+            predictor,
+            todo,
+            predictions,
+            errors,
+            summary,
+            batch_size=batch_size,
+            workers=workers,
+            deidentify=deidentify,
+        )
     summary.seconds = time.perf_counter() - start
     logger.info("%s", summary)
     return summary
+
+
+@contextmanager
+def _scrubbed_logs(deidentify: Deidentifier | None) -> Iterator[None]:
+    """With a `Deidentifier`: every handler of the root logger rewrites paths and ids while the block runs."""
+    if deidentify is None:
+        yield
+        return
+    scrub = deidentify.log_filter()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(scrub)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(scrub)
 
 
 def _run(
@@ -367,11 +438,14 @@ def _run(
     *,
     batch_size: int,
     workers: int | None,
+    deidentify: Deidentifier | None = None,
 ) -> None:
     """Predict and write batch by batch: the errors of a batch first, then its rows."""
     progress = ProgressLine(len(studies), "studies")
     try:
         for chunk in predictor.iter_predictions(studies, batch_size=batch_size, workers=workers):
+            if deidentify is not None:
+                chunk = [deidentify.prediction(p) for p in chunk]
             problems = [e for p in chunk for e in p.errors]
             errors.write(problems)
             done = [p for p in chunk if p.ok]

@@ -473,7 +473,13 @@ def _trainer(settings: TrainSettings, out: Path, extra: Sequence[Callback] = ())
         gradient_clip_val=settings.grad_clip or None,
         logger=CSVLogger(out, name="logs", version=next_attempt(out), flush_logs_every_n_steps=1),
         callbacks=[
-            ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0),
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                filename="last",
+                save_top_k=1,
+                monitor=None,
+                enable_version_counter=False,
+            ),
             SafetensorsExport(out),
             EarlyStopping(monitor=MONITOR, mode="max", patience=settings.patience),
             LearningRateMonitor(logging_interval="epoch"),
