@@ -47,6 +47,8 @@ def save(
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": config.to_json()}
     metadata.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed
+        stale.unlink(missing_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:

@@ -34,7 +34,10 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path, trained_like):
         a, b = trained_like(*batch), loaded(*batch)
     for head in ("frontal", "lateral", "joint", "final"):
         assert torch.equal(torch.nan_to_num(a.head(head), 7.0), torch.nan_to_num(b.head(head), 7.0))
-    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temporary file
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
+    (tmp_path / ".model.safetensors.abc123.tmp").write_bytes(b"half")  # as a killed save leaves it
+    save(trained_like, path)
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_float16_checkpoint_is_smaller_and_close(tmp_path, trained_like):
