@@ -18,14 +18,13 @@ from models.twoview import TwoViewNet
 from pipeline.data import StudyDataset, collate
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
-from pipeline.metrics import EvaluationReport, evaluation_report
+from pipeline.metrics import HEAD_NAMES, EvaluationReport, evaluation_report
 from pipeline.plots import plot_roc_curves
 from pipeline.predict import Predictor, default_workers, load_model
 
 __all__ = ["LabelledPredictions", "evaluate", "predict_labelled", "score"]
 
 log = logging.getLogger(__name__)
-HEADS = ("final", "joint", "frontal", "lateral")
 
 
 @dataclass
@@ -43,13 +42,13 @@ def predict_labelled(
 ) -> LabelledPredictions:
     """Run a predictor over every study of a labelled dataset (studies with no readable view are left out)."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
-    heads: dict[str, list[torch.Tensor]] = {h: [] for h in HEADS}
+    heads: dict[str, list[torch.Tensor]] = {h: [] for h in HEAD_NAMES}
     labels, routes, ids = [], [], []
     for batch in loader:
         if len(batch) == 0:
             continue
         probs = predictor.predict_batch(batch)
-        for h in HEADS:
+        for h in HEAD_NAMES:
             heads[h].append(probs.head(h))
         labels.append(batch.labels)
         routes += probs.routes

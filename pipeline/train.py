@@ -32,12 +32,12 @@ from models.config import ModelConfig
 from models.errors import CheckpointError
 from models.losses import HeadWeights, LossSchedule, MultiViewLoss, class_pos_weight, view_dropout
 from models.pretrained import load_pretrained
-from models.twoview import TwoViewNet
+from models.twoview import Route, TwoViewNet
 from pipeline.data import StudyDataset, ViewBatch, collate
 from pipeline.errors import TwoviewError
 from pipeline.evaluate import score
 from pipeline.manifest import Manifest, read_manifest
-from pipeline.metrics import EvaluationReport, evaluation_report
+from pipeline.metrics import HEAD_NAMES, EvaluationReport, evaluation_report
 from pipeline.plots import plot_training_curves
 from pipeline.predict import DEMO_MODEL
 from pipeline.runs import next_attempt, write_merged_metrics
@@ -47,8 +47,6 @@ __all__ = ["DEMO_MODEL", "StudyDataModule", "TrainError", "TrainSettings", "TwoV
 log = logging.getLogger(__name__)
 
 MONITOR = "val/auroc"  # macro AUROC of the final prediction
-HEADS = ("frontal", "lateral", "joint", "final")
-ROUTE_NAMES = ("joint", "frontal", "lateral")
 
 
 class TrainError(TwoviewError):
@@ -123,7 +121,7 @@ class TwoViewModule(pl.LightningModule):
         self.net = TwoViewNet(self.config)
         schedule = LossSchedule(HeadWeights(*head_weights_start), HeadWeights(*head_weights_end), ramp_epochs)
         self.loss = MultiViewLoss(schedule, None if pos_weight is None else torch.tensor(pos_weight))
-        self.val_probs = torch.nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in HEADS})
+        self.val_probs = torch.nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in HEAD_NAMES})
         self.val_labels = CatMetric(nan_strategy="disable")
         self.val_routes = CatMetric(nan_strategy="disable")
         self.last_report: EvaluationReport | None = None
@@ -149,7 +147,7 @@ class TwoViewModule(pl.LightningModule):
         terms = self.loss(logits, batch.labels, epoch=self.current_epoch)
         self.log("val/loss", terms.total, prog_bar=True, batch_size=len(batch), sync_dist=True)
         probs = logits.sigmoid()
-        for head in HEADS:
+        for head in HEAD_NAMES:
             self.val_probs[head].update(probs.head(head))
         self.val_labels.update(batch.labels)
         self.val_routes.update(logits.route.float())
@@ -158,9 +156,9 @@ class TwoViewModule(pl.LightningModule):
         if self.val_labels.update_count == 0:
             return
         k = self.config.num_labels
-        heads = {h: self.val_probs[h].compute().reshape(-1, k).cpu() for h in HEADS}
+        heads = {h: self.val_probs[h].compute().reshape(-1, k).cpu() for h in HEAD_NAMES}
         labels = self.val_labels.compute().reshape(-1, k).cpu()
-        routes = [ROUTE_NAMES[int(c)] for c in self.val_routes.compute().reshape(-1).tolist()]
+        routes = [Route(int(c)).name.lower() for c in self.val_routes.compute().reshape(-1).tolist()]
         for metric in (*self.val_probs.values(), self.val_labels, self.val_routes):
             metric.reset()
         report = evaluation_report(heads, labels, routes, self.config.labels)
