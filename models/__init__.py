@@ -9,13 +9,16 @@ import importlib
 
 _WHERE = {
     "DEFAULT_LABELS": "models.config",
+    "HEADS": "models.names",
+    "OUTPUTS": "models.names",
+    "ROUTES": "models.names",
     "ModelConfig": "models.config",
     "CheckpointError": "models.errors",
     "ConfigError": "models.errors",
     "ModelError": "models.errors",
     "PretrainedError": "models.errors",
     "MultiViewLoss": "models.losses",
-    "Route": "models.twoview",
+    "Route": "models.names",
     "RoutingError": "models.twoview",
     "TwoViewNet": "models.twoview",
     "ViewLogits": "models.twoview",

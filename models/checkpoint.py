@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.atomic import atomic_path
 from models.config import ModelConfig
 from models.errors import CheckpointError, ConfigError
 from models.twoview import TwoViewNet
@@ -46,18 +46,8 @@ def save(
     }
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": config.to_json()}
     metadata.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed
-        stale.unlink(missing_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path, clear_stale=True) as tmp:  # stale: left by a save that was killed
         save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary shared file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.errors import ConfigError
-from models.twoview import HEADS, ViewLogits
+from models.names import HEADS
+from models.twoview import ViewLogits
 
 __all__ = ["HeadWeights", "LossSchedule", "LossTerms", "MultiViewLoss", "class_pos_weight", "view_dropout"]
 

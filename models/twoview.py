@@ -11,7 +11,6 @@ import copy
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 from monai.networks.nets import DenseNet
@@ -20,22 +19,13 @@ from torch import Tensor, nn
 
 from models.config import ModelConfig
 from models.errors import ModelError
+from models.names import HEADS, OUTPUTS, Route
 
 __all__ = ["HEADS", "Route", "RoutingError", "TwoViewNet", "ViewLogits"]
-
-HEADS = ("frontal", "lateral", "joint")
 
 
 class RoutingError(ModelError, ValueError):
     """A batch row that has neither view, or masks that do not fit the batch."""
-
-
-class Route(IntEnum):
-    """Which head gave a row's final prediction."""
-
-    JOINT = 0
-    FRONTAL = 1
-    LATERAL = 2
 
 
 @dataclass
@@ -49,13 +39,13 @@ class ViewLogits:
     route: Tensor  # [B] int64 codes of `Route`
 
     def head(self, name: str) -> Tensor:
-        if name not in (*HEADS, "final"):
-            raise KeyError(f"unknown head {name!r}; choose one of: {', '.join((*HEADS, 'final'))}")
+        if name not in OUTPUTS:
+            raise KeyError(f"unknown head {name!r}; choose one of: {', '.join(OUTPUTS)}")
         return getattr(self, name)
 
     @property
     def routes(self) -> list[str]:
-        return [Route(int(code)).name.lower() for code in self.route]
+        return [Route(int(code)).label for code in self.route]
 
     def sigmoid(self) -> ViewLogits:
         """The same structure holding probabilities (NaN stays NaN)."""
@@ -232,10 +222,6 @@ class TwoViewNet(nn.Module):
         """Undo `fast()`: float32, contiguous memory."""
         self.inference_dtype = None
         return self.to(memory_format=torch.contiguous_format)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by branch (`frontal`, `lateral`, `joint`), read off their names."""
-        return {name: list(getattr(self, name).parameters()) for name in HEADS}
 
 
 def fast_dtype(device: torch.device) -> torch.dtype | None:

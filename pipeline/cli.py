@@ -50,8 +50,8 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from pipeline.deidentify import Deidentifier
     from pipeline.manifest import read_manifest
-    from pipeline.outputs import Deidentifier
     from pipeline.predict import predict_folder
     from pipeline.shards import parse_shard
 
@@ -115,7 +115,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from pipeline.shards import merge_outputs
+    from pipeline.merge import merge_outputs
 
     print(merge_outputs(args.inputs, args.output, folder=args.folder))
     return 0

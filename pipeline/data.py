@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from models.atomic import atomic_open
 from models.config import ModelConfig
 from pipeline.dicom import HIGH_PERCENTILE, LOW_PERCENTILE, read_image
 from pipeline.errors import ImageError, TwoviewError
@@ -182,14 +181,8 @@ class ImageCache:
 
     def _store(self, entry: Path, array: np.ndarray) -> None:
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, array, allow_pickle=False)
-                os.replace(tmp, entry)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            with atomic_open(entry, "wb") as f:
+                np.save(f, array, allow_pickle=False)
         except OSError as err:
             logger.warning("cannot write cache entry %s (%s); continuing without it", entry, err)
 

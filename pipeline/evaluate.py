@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from models.atomic import write_atomic
+from models.names import OUTPUTS
 from models.twoview import TwoViewNet
 from pipeline.data import StudyDataset, collate
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
-from pipeline.metrics import HEAD_NAMES, EvaluationReport, evaluation_report
+from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.plots import plot_roc_curves
 from pipeline.predict import Predictor, default_workers, load_model
 
@@ -42,13 +44,13 @@ def predict_labelled(
 ) -> LabelledPredictions:
     """Run a predictor over every study of a labelled dataset (studies with no readable view are left out)."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
-    heads: dict[str, list[torch.Tensor]] = {h: [] for h in HEAD_NAMES}
+    heads: dict[str, list[torch.Tensor]] = {h: [] for h in OUTPUTS}
     labels, routes, ids = [], [], []
     for batch in loader:
         if len(batch) == 0:
             continue
         probs = predictor.predict_batch(batch)
-        for h in HEAD_NAMES:
+        for h in OUTPUTS:
             heads[h].append(probs.head(h))
         labels.append(batch.labels)
         routes += probs.routes
@@ -102,9 +104,9 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else Path(manifest).with_name("evaluation")
     out.mkdir(parents=True, exist_ok=True)
     title = f"Evaluation of {model_path.name} on {Path(manifest).name}"
-    (out / "report.md").write_text(report.to_markdown(title))
+    write_atomic(out / "report.md", report.to_markdown(title))
     payload = {"model": str(model_path), "manifest": str(manifest), "bootstrap_rounds": bootstrap}
-    (out / "report.json").write_text(json.dumps({**payload, **report.to_dict()}, indent=2))
+    write_atomic(out / "report.json", json.dumps({**payload, **report.to_dict()}, indent=2))
     plot_roc_curves(predictions.heads, predictions.labels, config.labels, out / "roc_curves.png")
     log.info("evaluation report written to %s", out)
     return report

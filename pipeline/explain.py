@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from monai.visualize import GradCAM
 from torch import Tensor, nn
 
-from models.twoview import HEADS, TwoViewNet
+from models.names import HEADS
+from models.twoview import TwoViewNet
 from pipeline.errors import TwoviewError
 from pipeline.transforms import normalise_transform, preprocess
 from pipeline.views import View
@@ -35,7 +36,6 @@ class _ViewHead(nn.Module):
     def __init__(self, branch: nn.Module) -> None:
         super().__init__()
         self.branch = branch
-        self.other_maps: Tensor | None = None  # unused; keeps both wrappers alike for `heatmap`
 
     def forward(self, x: Tensor) -> Tensor:
         return self.branch.head(self.branch.tail(self.branch.trunk(x)))  # [1, K]

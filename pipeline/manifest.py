@@ -11,19 +11,25 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from models.atomic import write_atomic
 from pipeline.errors import ManifestError
-from pipeline.studies import ImageSource, ScanResult, Study
+from pipeline.studies import ImageSource, ScanResult, Study, scan_folder
 from pipeline.views import View
 
-__all__ = ["REQUIRED_COLUMNS", "Manifest", "read_manifest", "write_manifest"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "Manifest",
+    "manifest_from_folder",
+    "read_label_table",
+    "read_manifest",
+    "write_manifest",
+]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "frontal", "lateral")
 _RESERVED = (*REQUIRED_COLUMNS, "patient_id")
@@ -131,17 +137,46 @@ def write_manifest(
                 *(_format_value(known.get(name)) for name in labels),
             ]
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; this is an ordinary shared file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, buffer.getvalue())
+
+
+def read_label_table(path: str | Path) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """A labels CSV (`study_id` + one column per label): the label names and each study's values (NaN = unknown).
+
+    Values follow the manifest's rules; the table may also hold `patient_id`, `frontal` and `lateral`
+    columns, which are not labels.
+    """
+    path = Path(path)
+    rows = _read_rows(path)
+    if not rows:
+        raise ManifestError(f"{path}: the label table is empty; it needs a study_id column and one per label")
+    _, header = rows[0]
+    columns = _check_header(path, header, required=("study_id",))
+    labels = _label_columns(path, columns, None)
+    if not labels:
+        raise ManifestError(f"{path}, line 1: no label columns besides {', '.join(_RESERVED)}")
+    values: dict[str, dict[str, float]] = {}
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise ManifestError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}")
+        study_id = row[columns["study_id"]].strip()
+        if not study_id:
+            raise ManifestError(f"{path}, line {line}, column 'study_id': the study id is blank")
+        values[study_id] = {
+            name: _label_value(path, line, name, row[columns[name]].strip()) for name in labels
+        }
+    return labels, values
+
+
+def manifest_from_folder(folder: str | Path, labels_csv: str | Path, out: str | Path) -> Path:
+    """Scan `folder` and write a training manifest whose labels come from `labels_csv` (by study id)."""
+    labels, values = read_label_table(labels_csv)
+    scan = scan_folder(folder)
+    if not scan.studies:
+        raise ManifestError(f"{folder}: no studies found to train on")
+    if not any(s.study_id in values for s in scan.studies):
+        raise ManifestError(f"{labels_csv}: none of the {len(scan.studies)} studies in {folder} has a row")
+    return write_manifest(scan, out, labels, values)
 
 
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -167,7 +202,9 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _check_header(path: Path, header: list[str]) -> dict[str, int]:
+def _check_header(
+    path: Path, header: list[str], required: Sequence[str] = REQUIRED_COLUMNS
+) -> dict[str, int]:
     """Column name -> index; refuses blank or repeated names and missing required columns."""
     columns: dict[str, int] = {}
     for i, raw in enumerate(header):
@@ -177,11 +214,11 @@ def _check_header(path: Path, header: list[str]) -> dict[str, int]:
         if name in columns:
             raise ManifestError(f"{path}, line 1: column {name!r} appears twice")
         columns[name] = i
-    for name in REQUIRED_COLUMNS:
+    for name in required:
         if name not in columns:
             raise ManifestError(
                 f"{path}, line 1: missing required column {name!r}; "
-                f"the header needs {', '.join(REQUIRED_COLUMNS)} and one column per label"
+                f"the header needs {', '.join(required)} and one column per label"
             )
     return columns
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+from models.names import OUTPUTS, ROUTES
+
 __all__ = [
     "HeadMetrics",
     "EvaluationReport",
@@ -24,9 +26,6 @@ __all__ = [
     "macro",
     "youden_thresholds",
 ]
-
-HEAD_NAMES = ("final", "joint", "frontal", "lateral")
-ROUTE_NAMES = ("joint", "frontal", "lateral")
 
 
 def _known(probs: Tensor, labels: Tensor, j: int) -> tuple[Tensor, Tensor]:
@@ -184,11 +183,11 @@ def evaluation_report(
     `heads` maps "final", "joint", "frontal", "lateral" to probabilities `[N, K]` (NaN where not run).
     """
     labels = labels.float()
-    route_index = {r: torch.tensor([x == r for x in routes], dtype=torch.bool) for r in ROUTE_NAMES}
+    route_index = {r: torch.tensor([x == r for x in routes], dtype=torch.bool) for r in ROUTES}
     both = route_index["joint"]
     return EvaluationReport(
         labels=list(names),
-        heads={h: _metrics(heads[h], labels, names, bootstrap, seed) for h in HEAD_NAMES},
+        heads={h: _metrics(heads[h], labels, names, bootstrap, seed) for h in OUTPUTS},
         routes={
             r: _metrics(heads["final"][mask], labels[mask], names, bootstrap, seed)
             for r, mask in route_index.items()

@@ -1,4 +1,4 @@
-"""Prediction files: the row format, crash-safe CSV / JSON Lines writers that resume, and a progress line.
+"""Prediction files: the row format and crash-safe CSV / JSON Lines writers that resume.
 
 Rows are appended a batch at a time with one write + flush + fsync, so a killed run leaves at most one
 partial line at the end; reopening the file cuts that line off and reads back which studies are done.
@@ -7,51 +7,39 @@ partial line at the end; reopening the file cuts that line off and reads back wh
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import json
 import logging
 import math
 import os
-import re
-import sys
-import time
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
+from models.names import HEADS
 from pipeline.errors import TwoviewError
+from pipeline.records import StudyPrediction
 from pipeline.studies import SetAside
 
-if TYPE_CHECKING:
-    from pipeline.predict import StudyPrediction
-    from pipeline.studies import Study
-
 __all__ = [
-    "DEIDENTIFY_KEY_ENV",
-    "Deidentifier",
     "ERROR_COLUMNS",
     "FORMATS",
-    "HEAD_NAMES",
     "ErrorsFile",
     "OutputError",
     "PredictionsFile",
-    "ProgressLine",
-    "error_row",
     "csv_line",
+    "error_row",
     "errors_path",
     "output_format",
+    "prediction_bytes",
     "prediction_columns",
     "prediction_row",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: The per-view heads each label reports besides its final probability.
-HEAD_NAMES: tuple[str, ...] = ("frontal", "lateral", "joint")
 #: File suffixes and the format each one writes.
 FORMATS: dict[str, str] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 ERROR_COLUMNS: tuple[str, ...] = ("path", "study_id", "kind", "reason")
@@ -84,7 +72,7 @@ def prediction_columns(labels: Sequence[str], thresholds: Mapping[str, float]) -
     """Study id, route, files, then per label: final, each head, and threshold + call where one is set."""
     columns = list(_FIXED_COLUMNS)
     for label in labels:
-        columns += [label, *(f"{label}_{head}" for head in HEAD_NAMES)]
+        columns += [label, *(f"{label}_{head}" for head in HEADS)]
         if label in thresholds:
             columns += [f"{label}_threshold", f"{label}_call"]
     repeated = sorted({c for c in columns if columns.count(c) > 1})
@@ -103,7 +91,7 @@ def prediction_row(prediction: StudyPrediction, thresholds: Mapping[str, float])
     }
     for label, value in prediction.final.items():
         row[label] = _round(value)
-        for head in HEAD_NAMES:
+        for head in HEADS:
             row[f"{label}_{head}"] = _round(prediction.head(head)[label])
         if label in thresholds:
             row[f"{label}_threshold"] = _round(thresholds[label])
@@ -356,217 +344,16 @@ def _diff(found: Sequence[str], expected: Sequence[str]) -> str:
     return "; ".join(parts) or "same names in another order"
 
 
-class ProgressLine:
-    """Progress of a long job: a `\\r`-redrawn line (rate, ETA) on a terminal, a log line every `interval` s otherwise."""
-
-    def __init__(
-        self, total: int, unit: str, *, stream: TextIO | None = None, interval: float = 10.0
-    ) -> None:
-        self.total = total
-        self.unit = unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.interval = interval
-        self.done = 0
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._start = self._last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self._tty and (now - self._last >= 0.1 or self.done >= self.total):
-            self.stream.write("\r" + self.text() + "\033[K")
-            self.stream.flush()
-            self._last = now
-        elif not self._tty and now - self._last >= self.interval:
-            logger.info("%s", self.text())
-            self._last = now
-
-    def close(self) -> None:
-        if self._tty and self.total:
-            self.stream.write("\r" + self.text() + "\033[K\n")
-            self.stream.flush()
-
-    def text(self) -> str:
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else math.inf
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        return (
-            f"{self.done}/{self.total} {self.unit} ({percent:.0f}%), {rate:.1f} {self.unit}/s, "
-            f"ETA {_duration(left)}"
-        )
-
-
-def _duration(seconds: float) -> str:
-    if math.isinf(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-#: The environment variable holding the secret key of `twoview predict --deidentify`.
-DEIDENTIFY_KEY_ENV = "TWOVIEW_DEIDENTIFY_KEY"
-_MIN_KEY_BYTES = 16
-_DIGEST_CHARS = 16  # 64 bits of HMAC-SHA256: no collision in any real archive
-_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
-
-
-class Deidentifier:
-    """Keyed pseudonyms for outputs: study ids and every path part become HMAC-SHA256 prefixes.
-
-    The same key gives the same pseudonyms, so de-identified runs resume and merge; without the key
-    they cannot be reversed or checked against a guessed UID. Paths are made relative to `root`.
-    """
-
-    def __init__(self, key: str | bytes, root: str | Path | None = None) -> None:
-        key = key.encode("utf-8") if isinstance(key, str) else key
-        if len(key) < _MIN_KEY_BYTES:
-            raise OutputError(
-                f"the de-identification key must be at least {_MIN_KEY_BYTES} characters; "
-                f"set ${DEIDENTIFY_KEY_ENV} to a long random secret (e.g. `openssl rand -hex 32`)"
-            )
-        self._key = key
-        self.root = Path(root) if root is not None else None
-        self._roots = () if self.root is None else tuple(dict.fromkeys((self.root, self.root.resolve())))
-        self._known: dict[str, str] = {}  # raw text -> pseudonym, for scrubbing free text
-        self._pattern: re.Pattern[str] | None = None
-
-    @classmethod
-    def from_env(cls, root: str | Path | None = None) -> Deidentifier:
-        """The key from `$TWOVIEW_DEIDENTIFY_KEY`; missing is an error naming the variable."""
-        key = os.environ.get(DEIDENTIFY_KEY_ENV, "")
-        if not key:
-            raise OutputError(
-                f"--deidentify needs a secret key in ${DEIDENTIFY_KEY_ENV} (at least {_MIN_KEY_BYTES} "
-                "characters); runs with the same key write the same pseudonyms"
-            )
-        return cls(key, root)
-
-    def under(self, root: str | Path) -> Deidentifier:
-        """The same key with paths made relative to `root` (the scanned folder)."""
-        other = Deidentifier(self._key, root)
-        other._known = self._known
-        return other
-
-    def _digest(self, kind: str, text: str) -> str:
-        message = f"{kind}\0{text}".encode("utf-8", "surrogateescape")
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:_DIGEST_CHARS]
-
-    def _remember(self, raw: str, pseudonym: str) -> None:
-        if len(raw) >= 6 and self._known.get(raw) != pseudonym:  # short ids would match unrelated text
-            self._known[raw] = pseudonym
-            self._pattern = None
-
-    def study_id(self, study_id: str) -> str:
-        """The pseudonym of a study id: "s" and 16 hex digits."""
-        pseudonym = f"s{self._digest('study', study_id)}"
-        self._remember(study_id, pseudonym)
-        return pseudonym
-
-    def path(self, path: str | PurePath) -> str:
-        """The path under `root` with every part replaced by its pseudonym (a short suffix like .dcm kept)."""
-        path = PurePath(path)
-        parts = path.parts
-        if self.root is not None:
-            for root in self._roots:
-                if path.is_relative_to(root):
-                    parts = path.relative_to(root).parts
-                    break
-        parts = tuple(p for p in parts if p not in ("/", ""))
-        if not parts:
-            return "."
-        names = [f"d{self._digest('part', p)}" for p in parts[:-1]]
-        suffix = PurePath(parts[-1]).suffix
-        suffix = suffix if _PLAIN_SUFFIX.fullmatch(suffix) else ""
-        names.append(f"f{self._digest('part', parts[-1])}{suffix}")
-        pseudonym = "/".join(names)
-        self._remember(str(path), pseudonym)
-        if self.root is not None and path.is_relative_to(self.root):
-            self._remember(path.relative_to(self.root).as_posix(), pseudonym)
-        return pseudonym
-
-    def names_a_file(self, value: object) -> bool:
-        """True for a path under `root` (not root itself) or one met before: a file to write as a pseudonym."""
-        if not isinstance(value, PurePath):
-            return False
-        return str(value) in self._known or any(value != r and value.is_relative_to(r) for r in self._roots)
-
-    def learn(self, studies: Iterable[Study], set_aside: Iterable[SetAside]) -> None:
-        """Remember every id and path of a run, so `text` can replace them in free-text reasons."""
-        for study in studies:
-            self.study_id(study.study_id)
-            for source in study.sources:
-                self.path(source.path)
-        for item in set_aside:
-            self.path(item.path)
-            if item.study_id:
-                self.study_id(item.study_id)
-
-    def text(self, text: str) -> str:
-        """Free text (a reason, a log line) with every known id and path, and any path under root, replaced."""
-        if self._known:
-            if self._pattern is None:
-                keys = sorted(self._known, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, keys)))
-            text = self._pattern.sub(lambda m: self._known[m.group(0)], text)
-        if self.root is not None:
-            under = re.escape(str(self.root).rstrip("/")) + r"/[^\s:;,()'\"]*"
-            text = re.sub(under, lambda m: self.path(m.group(0)), text)
-        return text
-
-    def prediction(self, prediction: StudyPrediction) -> StudyPrediction:
-        """A prediction whose study id and files are pseudonyms."""
-        files = {
-            name: None if value is None else Path(self.path(value))
-            for name, value in (
-                ("frontal_file", prediction.frontal_file),
-                ("lateral_file", prediction.lateral_file),
-            )
-        }
-        return replace(
-            prediction,
-            study_id=self.study_id(prediction.study_id),
-            errors=tuple(map(self.set_aside, prediction.errors)),
-            **files,
-        )
-
-    def set_aside(self, item: SetAside) -> SetAside:
-        """A set-aside file with its path, study id and reason de-identified."""
-        return replace(
-            item,
-            path=Path(self.path(item.path)),
-            study_id=self.study_id(item.study_id) if item.study_id else item.study_id,
-            reason=self.text(item.reason),
-        )
-
-    def log_filter(self) -> logging.Filter:
-        """A filter that rewrites log records: paths and known ids in the message, its arguments and traceback."""
-        return _ScrubFilter(self)
-
-
-class _ScrubFilter(logging.Filter):
-    """Rewrites each record in place (every handler after it sees the scrubbed text)."""
-
-    def __init__(self, deidentifier: Deidentifier) -> None:
-        super().__init__()
-        self.deidentifier = deidentifier
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        deid = self.deidentifier
-        if getattr(record, "_twoview_scrubbed", False):
-            return True
-        if record.exc_info:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
-        if isinstance(record.args, tuple):
-            record.args = tuple(deid.path(a) if deid.names_a_file(a) else a for a in record.args)
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            message = str(record.msg)
-        record.msg, record.args = deid.text(message), ()
-        if record.exc_text:
-            record.exc_text = deid.text(record.exc_text)
-        record._twoview_scrubbed = True
-        return True
+def prediction_bytes(
+    predictions: Sequence[StudyPrediction], labels: Sequence[str], thresholds: Mapping[str, float]
+) -> dict[str, bytes]:
+    """The predicted studies as `twoview predict` writes them, in memory: {"csv": ..., "jsonl": ...}."""
+    done = [p for p in predictions if p.ok]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="twoview-download-") as tmp:
+        for kind in ("csv", "jsonl"):
+            path = Path(tmp) / f"predictions.{kind}"
+            with PredictionsFile(path, labels, thresholds) as file:
+                file.write(done)
+            out[kind] = path.read_bytes()
+    return out

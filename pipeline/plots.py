@@ -11,8 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchmetrics.functional.classification import binary_roc  # noqa: E402
+from torchmetrics.functional.classification import binary_auroc, binary_roc  # noqa: E402
 
+from models.names import OUTPUTS  # noqa: E402
 from pipeline.runs import read_metrics  # noqa: E402
 
 __all__ = ["plot_roc_curves", "plot_training_curves"]
@@ -34,7 +35,7 @@ def plot_training_curves(run_dir: Path, out: Path) -> Path:
         if name in series:
             loss_ax.plot(*_epoch_means(series[name]), style, marker="o", label=name)
     loss_ax.set(title="Loss", xlabel="epoch")
-    for head in ("final", "joint", "frontal", "lateral"):
+    for head in OUTPUTS:
         name = f"val/auroc_{head}"
         if name in series:
             auc_ax.plot(*_epoch_means(series[name]), marker="o", label=head)
@@ -64,9 +65,13 @@ def plot_roc_curves(
             if keep.sum() == 0 or int(y.sum()) in (0, int(keep.sum())):
                 continue
             fpr, tpr, _ = binary_roc(probs[keep, j].float(), y)
-            ax.plot(fpr.numpy(), tpr.numpy(), label=head)
+            auroc = float(binary_auroc(probs[keep, j].float(), y))
+            # Drawn over the frame, so a perfect curve along the axes stays visible.
+            ax.plot(fpr.numpy(), tpr.numpy(), label=f"{head} (AUROC {auroc:.3f})", clip_on=False, zorder=3)
         ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set(title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1))
+        ax.set(
+            title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02)
+        )
         if ax.lines[:-1]:
             ax.legend(loc="lower right")
     for k in range(len(names), rows * cols):

@@ -6,11 +6,11 @@ before the next is predicted, so memory stays flat and a rerun with the same out
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,18 +18,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from models.checkpoint import load
-from models.twoview import HEADS, TwoViewNet, ViewLogits
+from models.names import HEADS, ROUTES
+from models.twoview import TwoViewNet, ViewLogits
 from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
+from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
 from pipeline.manifest import Manifest
-from pipeline.outputs import (
-    Deidentifier,
-    ErrorsFile,
-    PredictionsFile,
-    ProgressLine,
-    errors_path,
-    output_format,
-)
+from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
+from pipeline.progress import progress_bar
+from pipeline.records import Probabilities, StudyPrediction
 from pipeline.shards import Shard, select
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study, scan_folder
 
@@ -50,37 +47,6 @@ logger = logging.getLogger(__name__)
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "demo.safetensors"
 _NO_VIEW = "no view of the study could be read, so it was not predicted"
 
-Probabilities = dict[str, float | None]
-
-
-@dataclass(frozen=True)
-class StudyPrediction:
-    """One study's probabilities per head (label -> value; None where the head did not run) and its files.
-
-    `route` is "joint", "frontal" or "lateral", or None when no view could be read (`errors` says why).
-    """
-
-    study_id: str
-    route: str | None
-    final: Probabilities
-    frontal: Probabilities
-    lateral: Probabilities
-    joint: Probabilities
-    calls: dict[str, int]  # 0/1 for each label the model has a threshold for
-    frontal_file: Path | None
-    lateral_file: Path | None
-    errors: tuple[SetAside, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.route is not None
-
-    def head(self, name: str) -> Probabilities:
-        """The probabilities of one head: "final", "frontal", "lateral" or "joint"."""
-        if name not in ("final", *HEADS):
-            raise KeyError(f"unknown head {name!r}; choose one of: final, {', '.join(HEADS)}")
-        return getattr(self, name)
-
 
 @dataclass
 class PredictSummary:
@@ -93,7 +59,7 @@ class PredictSummary:
     predicted: int = 0  # in this run
     skipped: int = 0  # already in the output from an earlier run
     failed: int = 0  # no view could be read
-    routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("joint", "frontal", "lateral"), 0))
+    routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
     set_aside: int = 0  # files: set aside by the scan plus those that failed to decode
     seconds: float = 0.0
 
@@ -208,9 +174,10 @@ class Predictor:
     def __init__(
         self, model: TwoViewNet, device: str | torch.device | None = None, fast: bool = True
     ) -> None:
+        """Works on its own copy of `model`: the caller's network keeps its device and precision."""
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.model = self.model.fast() if fast else self.model.plain()
+        own = copy.deepcopy(model).to(self.device).eval()
+        self.model = own.fast() if fast else own.plain()
         self.config = model.config
         self.labels = model.config.labels
         self.thresholds = dict(model.config.thresholds)
@@ -335,7 +302,7 @@ def predict_folder(
     """
     if deidentify is not None and isinstance(source, (str, Path)):
         deidentify = deidentify.under(source)
-    with _scrubbed_logs(deidentify):
+    with scrubbed_logs(deidentify):
         return _predict_folder(
             source,
             out_path,
@@ -412,23 +379,6 @@ def _predict_folder(
     return summary
 
 
-@contextmanager
-def _scrubbed_logs(deidentify: Deidentifier | None) -> Iterator[None]:
-    """With a `Deidentifier`: every handler of the root logger rewrites paths and ids while the block runs."""
-    if deidentify is None:
-        yield
-        return
-    scrub = deidentify.log_filter()
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(scrub)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(scrub)
-
-
 def _run(
     predictor: Predictor,
     studies: Sequence[Study],
@@ -441,8 +391,7 @@ def _run(
     deidentify: Deidentifier | None = None,
 ) -> None:
     """Predict and write batch by batch: the errors of a batch first, then its rows."""
-    progress = ProgressLine(len(studies), "studies")
-    try:
+    with progress_bar(len(studies), "studies") as progress:
         for chunk in predictor.iter_predictions(studies, batch_size=batch_size, workers=workers):
             if deidentify is not None:
                 chunk = [deidentify.prediction(p) for p in chunk]
@@ -456,8 +405,6 @@ def _run(
             for p in done:
                 summary.routes[p.route] += 1
             progress.update(len(chunk))
-    finally:
-        progress.close()
 
 
 def _gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
@@ -470,15 +417,12 @@ def _gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ..
     if not folder.exists():
         raise TwoviewError(f"{folder}: no such file or folder")
     logger.info("scanning %s", folder)
-    progress = ProgressLine(0, "files")
+    with progress_bar(None, "files") as progress:
 
-    def step(done: int, total: int, path: Path) -> None:
-        progress.total = total
-        progress.update()
+        def step(done: int, total: int, path: Path) -> None:
+            progress.total = total
+            progress.update()
 
-    try:
         scan = scan_folder(folder, progress=step)
-    finally:
-        progress.close()
     logger.info("found %d studies in %s (%d files set aside)", len(scan.studies), folder, len(scan.set_aside))
     return scan.studies, scan.set_aside

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from models.atomic import atomic_open
 
 __all__ = ["attempt_dirs", "next_attempt", "read_metrics", "read_rows", "write_merged_metrics"]
 
@@ -77,11 +77,8 @@ def write_merged_metrics(run_dir: Path) -> Path:
     rows = read_rows(run_dir)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k))
     out = run_dir / "metrics.csv"
-    handle, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metrics.", suffix=".tmp")
-    os.fchmod(handle, 0o644)  # mkstemp makes 0600; this is an ordinary shared file
-    with os.fdopen(handle, "w", newline="") as f:
+    with atomic_open(out) as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out)
     return out

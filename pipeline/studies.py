@@ -3,11 +3,17 @@
 `scan_folder` reads headers only (pixels just for the files whose tags do not tell the view), so a
 big folder never sits in memory. `assemble_studies` is the pure grouping step; the app calls it again
 with the user's view overrides.
+
+DICOM files group by StudyInstanceUID. Pictures without one (PNG, JPEG) group by folder: a folder
+holding at most `MAX_PICTURES_PER_FOLDER_STUDY` of them is one study (the CheXpert and MIMIC-CXR-JPG
+layouts: one folder per study), a folder with more is a flat export and each picture is its own study.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +26,7 @@ from pipeline.views import View, ViewDecision, detect_view
 
 __all__ = [
     "CHEST_BODY_PARTS",
+    "MAX_PICTURES_PER_FOLDER_STUDY",
     "ImageSource",
     "Progress",
     "Route",
@@ -42,6 +49,8 @@ Progress = Callable[[int, int, Path], None]
 
 #: BodyPartExamined values (or parts of them) that mean a chest; blank is accepted too.
 CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULM", "THORAKS", "BRUST")
+#: A folder with at most this many pictures (no StudyInstanceUID) is one study; with more, one study each.
+MAX_PICTURES_PER_FOLDER_STUDY = 4
 _FRONTAL_RANK = {"PA": 0, "AP": 1}
 _LATERAL_RANK = {"LL": 0, "LLAT": 0, "RL": 1, "RLAT": 1}
 _EXCLUDED = "excluded by the user"
@@ -158,7 +167,11 @@ def is_chest(body_part: str) -> bool:
 
 
 def scan_folder(
-    path: str | Path, *, progress: Progress | None = None, verify_pixels: bool = False
+    path: str | Path,
+    *,
+    progress: Progress | None = None,
+    verify_pixels: bool = False,
+    root_study: str | None = None,
 ) -> ScanResult:
     """Read every file under `path` (any name, DICOM by content) and group it into studies.
 
@@ -166,20 +179,29 @@ def scan_folder(
     in `set_aside` with the reason. Hidden files and CSV/TSV tables (manifests) are not read.
     `verify_pixels` decodes every image to catch damaged pixel data now rather than at training time.
     """
-    sources, set_aside = collect_sources(path, progress=progress, verify_pixels=verify_pixels)
+    sources, set_aside = collect_sources(
+        path, progress=progress, verify_pixels=verify_pixels, root_study=root_study
+    )
     return assemble_studies(sources, set_aside=set_aside)
 
 
 def collect_sources(
-    path: str | Path, *, progress: Progress | None = None, verify_pixels: bool = False
+    path: str | Path,
+    *,
+    progress: Progress | None = None,
+    verify_pixels: bool = False,
+    root_study: str | None = None,
 ) -> tuple[list[ImageSource], list[SetAside]]:
-    """Read the header of each file under `path` and decide its view; pixels only when tags cannot."""
+    """Read the header of each file under `path` and decide its view; pixels only when tags cannot.
+
+    Pictures are grouped into folder studies (see the module docstring); `root_study` names the study
+    of pictures lying directly in `path` (default: the folder's own name).
+    """
     root = Path(path)
     if not root.exists():
         raise TwoviewError(f"{root}: no such file or folder")
-    files = _list_files(root)
+    files, set_aside = _list_files(root)
     sources: list[ImageSource] = []
-    set_aside: list[SetAside] = []
     for done, file in enumerate(files, start=1):
         try:
             source = _read_source(file, root, verify_pixels=verify_pixels)
@@ -200,7 +222,29 @@ def collect_sources(
                 set_aside.append(SetAside(file, reason, source.study_id, "not_chest"))
         if progress is not None:
             progress(done, len(files), file)
-    return sources, set_aside
+    return group_loose_pictures(sources, root, root_study), set_aside
+
+
+def group_loose_pictures(
+    sources: Iterable[ImageSource], root: str | Path, root_study: str | None = None
+) -> list[ImageSource]:
+    """Pictures without a StudyInstanceUID re-keyed by folder where the folder is a study (module docstring)."""
+    root = Path(root)
+    sources = list(sources)
+    folders: dict[Path, list[int]] = defaultdict(list)
+    for i, source in enumerate(sources):
+        if not source.study_uid:
+            folders[source.path.parent].append(i)
+    for folder, members in folders.items():
+        if len(members) > MAX_PICTURES_PER_FOLDER_STUDY:
+            continue
+        if folder == root or not folder.is_relative_to(root):
+            study = root_study or root.name or "pictures"
+        else:
+            study = folder.relative_to(root).as_posix()
+        for i in members:
+            sources[i] = replace(sources[i], study_id=study)
+    return sources
 
 
 def assemble_studies(
@@ -294,15 +338,50 @@ def _path_id(path: Path, root: Path) -> str:
     return relative.with_suffix("").as_posix()
 
 
-def _list_files(root: Path) -> list[Path]:
-    """Every regular file under root (or root itself), sorted; hidden names and CSV/TSV tables skipped."""
+def _list_files(root: Path) -> tuple[list[Path], list[SetAside]]:
+    """Every regular file under root (or root itself), sorted, and the entries that cannot be used.
+
+    Hidden names and CSV/TSV tables are skipped; symbolic links are not followed (a link could lead
+    out of the folder); FIFOs, sockets, devices and unreadable folders are set aside with the reason.
+    """
     if root.is_file():
-        return [root]
-    found = []
-    for path in root.rglob("*"):
-        parts = path.relative_to(root).parts
-        if any(part.startswith(".") for part in parts):
-            continue
-        if path.is_file() and path.suffix.lower() not in _TABLE_SUFFIXES:
-            found.append(path)
-    return sorted(found, key=str)
+        return [root], []
+    found: list[Path] = []
+    aside: list[SetAside] = []
+
+    def unreadable(err: OSError) -> None:
+        where = Path(err.filename) if err.filename else root
+        aside.append(SetAside(where, f"the folder cannot be read ({err.strerror or err})"))
+
+    inside = root.resolve()
+    for folder, dirs, names in os.walk(root, onerror=unreadable):
+        for name in [d for d in dirs if not d.startswith(".") and Path(folder, d).is_symlink()]:
+            aside.append(SetAside(Path(folder, name), "a link to a folder: not followed"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not Path(folder, d).is_symlink())
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = Path(folder, name)
+            problem = _not_a_file(path, inside)
+            if problem:
+                aside.append(SetAside(path, problem))
+            elif path.suffix.lower() not in _TABLE_SUFFIXES:
+                found.append(path)
+    return sorted(found, key=str), sorted(aside, key=lambda a: str(a.path))
+
+
+def _not_a_file(path: Path, inside: Path) -> str:
+    """Why `path` is not a regular file inside the scanned folder ("" when it is one)."""
+    try:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            target = path.resolve()
+            if not target.is_relative_to(inside):
+                return "a link to a file outside the scanned folder: not followed"
+            mode = target.stat().st_mode
+    except (OSError, RuntimeError) as err:
+        return f"the file cannot be read ({getattr(err, 'strerror', None) or err})"
+    if stat.S_ISREG(mode):
+        return ""
+    what = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file: {what}"

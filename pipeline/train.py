@@ -28,16 +28,18 @@ from torch.utils.data import DataLoader
 from torchmetrics.aggregation import CatMetric
 
 from models import checkpoint
+from models.atomic import write_atomic
 from models.config import ModelConfig
 from models.errors import CheckpointError
 from models.losses import HeadWeights, LossSchedule, MultiViewLoss, class_pos_weight, view_dropout
+from models.names import OUTPUTS, Route
 from models.pretrained import load_pretrained
-from models.twoview import Route, TwoViewNet
+from models.twoview import TwoViewNet
 from pipeline.data import StudyDataset, ViewBatch, collate
 from pipeline.errors import TwoviewError
 from pipeline.evaluate import score
 from pipeline.manifest import Manifest, read_manifest
-from pipeline.metrics import HEAD_NAMES, EvaluationReport, evaluation_report
+from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.plots import plot_training_curves
 from pipeline.predict import DEMO_MODEL
 from pipeline.runs import next_attempt, write_merged_metrics
@@ -88,7 +90,7 @@ class TrainSettings:
     cache_dir: str | None = None  # decoded-image cache; default <out_dir>/cache
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_atomic(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> TrainSettings:
@@ -121,7 +123,7 @@ class TwoViewModule(pl.LightningModule):
         self.net = TwoViewNet(self.config)
         schedule = LossSchedule(HeadWeights(*head_weights_start), HeadWeights(*head_weights_end), ramp_epochs)
         self.loss = MultiViewLoss(schedule, None if pos_weight is None else torch.tensor(pos_weight))
-        self.val_probs = torch.nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in HEAD_NAMES})
+        self.val_probs = torch.nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in OUTPUTS})
         self.val_labels = CatMetric(nan_strategy="disable")
         self.val_routes = CatMetric(nan_strategy="disable")
         self.last_report: EvaluationReport | None = None
@@ -147,7 +149,7 @@ class TwoViewModule(pl.LightningModule):
         terms = self.loss(logits, batch.labels, epoch=self.current_epoch)
         self.log("val/loss", terms.total, prog_bar=True, batch_size=len(batch), sync_dist=True)
         probs = logits.sigmoid()
-        for head in HEAD_NAMES:
+        for head in OUTPUTS:
             self.val_probs[head].update(probs.head(head))
         self.val_labels.update(batch.labels)
         self.val_routes.update(logits.route.float())
@@ -156,9 +158,9 @@ class TwoViewModule(pl.LightningModule):
         if self.val_labels.update_count == 0:
             return
         k = self.config.num_labels
-        heads = {h: self.val_probs[h].compute().reshape(-1, k).cpu() for h in HEAD_NAMES}
+        heads = {h: self.val_probs[h].compute().reshape(-1, k).cpu() for h in OUTPUTS}
         labels = self.val_labels.compute().reshape(-1, k).cpu()
-        routes = [Route(int(c)).name.lower() for c in self.val_routes.compute().reshape(-1).tolist()]
+        routes = [Route(int(c)).label for c in self.val_routes.compute().reshape(-1).tolist()]
         for metric in (*self.val_probs.values(), self.val_labels, self.val_routes):
             metric.reset()
         report = evaluation_report(heads, labels, routes, self.config.labels)
@@ -524,8 +526,8 @@ def _finish(settings: TrainSettings, out: Path, data: StudyDataModule, trainer: 
     }
     config = replace(net.config, thresholds=report.thresholds, provenance=provenance)
     checkpoint.save(net, best_path, config=config)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    (out / "report.md").write_text(report.to_markdown(f"Validation report: {out.name}"))
+    write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2))
+    write_atomic(out / "report.md", report.to_markdown(f"Validation report: {out.name}"))
     write_merged_metrics(out)
     plot_training_curves(out, out / "curves.png")
     log.info("best model: %s (validation macro AUROC %s)", best_path, report.heads["final"].macro)

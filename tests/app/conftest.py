@@ -44,7 +44,7 @@ def open_page(app_env: Path) -> Callable[[str], AppTest]:
     def opener(name: str) -> AppTest:
         at = AppTest.from_file(str(ENTRY), default_timeout=60)
         at.run()
-        at.switch_page(f"views/{name}.py").run()
+        at.switch_page(f"screens/{name}.py").run()
         assert not at.exception, at.exception
         return at
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from app import common
-from pipeline.jobs import list_jobs
+from app.jobs import list_jobs
 from tests.app.conftest import button, texts
 
 

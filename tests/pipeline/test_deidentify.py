@@ -17,7 +17,7 @@ from models.checkpoint import save
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline import cli
-from pipeline.outputs import DEIDENTIFY_KEY_ENV, Deidentifier, OutputError
+from pipeline.deidentify import DEIDENTIFY_KEY_ENV, Deidentifier, DeidentifyError
 from tests.pipeline.conftest import write_dicom, write_png
 
 NAME = "ZZSENTINEL^PATIENTNAME"  # PatientName in every file
@@ -123,7 +123,7 @@ def test_a_missing_or_short_key_is_a_clear_error(key, archive, checkpoint, tmp_p
     monkeypatch.setenv(DEIDENTIFY_KEY_ENV, key)
     assert _predict(archive, checkpoint, tmp_path / "x.csv", "--deidentify") == 2
     assert DEIDENTIFY_KEY_ENV in capsys.readouterr().err
-    with pytest.raises(OutputError):
+    with pytest.raises(DeidentifyError):
         Deidentifier("short")
 
 

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.manifest import manifest_from_folder, read_label_table, read_manifest, write_manifest
 from pipeline.studies import scan_folder
 from pipeline.views import View
 from tests.pipeline.conftest import write_png
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
 
 HEADER = "study_id,patient_id,frontal,lateral,effusion,nodule\n"
 
@@ -141,3 +143,42 @@ def test_write_refuses_a_value_that_is_not_a_label(study_folder: Path) -> None:
     with pytest.raises(ManifestError, match="label value 0.3 cannot be written"):
         write_manifest(scanned, study_folder / "m.csv", labels=["x"], values={"1.2.1": {"x": 0.3}})
     assert not (study_folder / "m.csv").exists()
+
+
+def test_manifest_from_a_folder_and_a_labels_table(tmp_path):
+    table = tmp_path / "labels.csv"
+    source = (SAMPLE / "labels.csv").read_text().splitlines()
+    table.write_text("\n".join(source[:5]) + "\n")
+    out = manifest_from_folder(SAMPLE, table, tmp_path / "manifest.csv")
+    manifest = read_manifest(out)
+    assert manifest.label_names == (
+        "pleural_effusion",
+        "nodule",
+        "cardiomegaly",
+        "pneumothorax",
+        "consolidation",
+    )
+    known = (~(manifest.labels != manifest.labels)).any(axis=1)  # rows with any known label
+    assert known.sum() == 4 and len(manifest) >= 20
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,a\n1,1\n", "study_id"),
+        ("study_id,frontal\n1,x\n", "no label columns"),
+        ("study_id,a\n1,maybe\n", "line 2"),
+    ],
+)
+def test_bad_label_tables_say_what_to_fix(tmp_path, text, message):
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(ManifestError, match=message):
+        manifest_from_folder(SAMPLE, tmp_path / "t.csv", tmp_path / "m.csv")
+
+
+def test_label_tables_and_manifests_read_label_values_alike(tmp_path):
+    (tmp_path / "t.csv").write_text("study_id,a,b,c\ns1,1.00,0.0,-1\ns2,,1,0\n")
+    labels, values = read_label_table(tmp_path / "t.csv")
+    assert labels == ["a", "b", "c"]
+    assert values["s1"]["a"] == 1.0 and values["s1"]["b"] == 0.0 and np.isnan(values["s1"]["c"])
+    assert np.isnan(values["s2"]["a"]) and values["s2"]["b"] == 1.0

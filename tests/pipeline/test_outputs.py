@@ -14,13 +14,13 @@ from pipeline.outputs import (
     ErrorsFile,
     OutputError,
     PredictionsFile,
-    ProgressLine,
     errors_path,
     output_format,
+    prediction_bytes,
     prediction_columns,
     prediction_row,
 )
-from pipeline.predict import StudyPrediction
+from pipeline.records import StudyPrediction
 from pipeline.studies import SetAside
 
 LABELS = ("effusion", "nodule")
@@ -204,27 +204,16 @@ def test_errors_file_lists_each_item_once_across_runs(tmp_path):
     ]
 
 
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_redraws_one_line_on_a_terminal():
-    stream = _Terminal()
-    progress = ProgressLine(3, "studies", stream=stream)
-    for _ in range(3):
-        progress.update()
-    progress.close()
-    text = stream.getvalue()
-    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
-    assert "3/3 studies (100%)" in text and "studies/s" in text and "ETA" in text
-
-
-def test_progress_logs_plain_lines_when_not_a_terminal(caplog):
-    stream = io.StringIO()
-    progress = ProgressLine(10, "studies", stream=stream, interval=0.0)
-    with caplog.at_level(logging.INFO, logger="pipeline.outputs"):
-        progress.update(4)
-        progress.close()
-    assert stream.getvalue() == ""
-    assert "4/10 studies (40%)" in caplog.text and "ETA" in caplog.text
+def test_prediction_bytes_have_the_predict_columns():
+    labels, thresholds = ("a", "b"), {"b": 0.4}
+    done = StudyPrediction(
+        "s1", "frontal", {"a": 0.1, "b": 0.6}, {"a": 0.1, "b": 0.6}, dict.fromkeys(labels), dict.fromkeys(labels),
+        {"b": 1}, Path("f.dcm"), None,
+    )  # fmt: skip
+    failed = StudyPrediction("s2", None, *(dict.fromkeys(labels) for _ in range(4)), {}, None, None)
+    files = prediction_bytes([done, failed], labels, thresholds)
+    rows = list(csv.reader(io.StringIO(files["csv"].decode())))
+    assert rows[0] == prediction_columns(labels, thresholds)
+    assert len(rows) == 2 and rows[1][:4] == ["s1", "frontal", "f.dcm", ""]
+    [line] = files["jsonl"].decode().splitlines()
+    assert json.loads(line)["b_call"] == 1

@@ -17,10 +17,10 @@ import torch
 
 from models.checkpoint import save
 from models.config import ModelConfig
+from models.names import HEADS
 from models.twoview import TwoViewNet
 from pipeline import cli, predict
 from pipeline.errors import TwoviewError
-from pipeline.outputs import HEAD_NAMES
 from pipeline.predict import Predictor, predict_folder, resolve_device
 from pipeline.studies import scan_folder
 from tests.pipeline.conftest import write_dicom, write_png
@@ -74,7 +74,7 @@ def check_rows(rows: list[dict]) -> None:
         for label in LABELS:
             final = number(row[label])
             assert final is not None and 0.0 <= final <= 1.0
-            for head in HEAD_NAMES:
+            for head in HEADS:
                 value = number(row[f"{label}_{head}"])
                 assert (value is not None) == (head in ran), (row["study_id"], label, head)
                 assert value is None or 0.0 <= value <= 1.0
@@ -162,7 +162,7 @@ def test_fast_path_agrees_with_float32(folder, checkpoint):
         == ["joint", "frontal", "lateral", "frontal", None]
     )
     for a, b in zip(fast, plain, strict=True):
-        for head in ("final", *HEAD_NAMES):
+        for head in ("final", *HEADS):
             for label in LABELS:
                 x, y = a.head(head)[label], b.head(head)[label]
                 assert (x is None) == (y is None)

@@ -13,7 +13,8 @@ import torch
 
 from models import ModelConfig, TwoViewNet
 from models.checkpoint import save
-from pipeline.shards import ShardError, merge_outputs, parse_shard
+from pipeline.merge import merge_outputs
+from pipeline.shards import ShardError, parse_shard
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
 

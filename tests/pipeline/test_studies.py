@@ -7,7 +7,16 @@ import pytest
 
 import pipeline.studies as studies_module
 from pipeline.errors import TwoviewError
-from pipeline.studies import ScanResult, Study, assemble_studies, is_chest, scan_folder
+from pipeline.studies import (
+    MAX_PICTURES_PER_FOLDER_STUDY,
+    ImageSource,
+    ScanResult,
+    Study,
+    assemble_studies,
+    group_loose_pictures,
+    is_chest,
+    scan_folder,
+)
 from pipeline.views import View
 from tests.pipeline.conftest import write_dicom, write_png
 
@@ -155,14 +164,6 @@ def test_pixels_decoded_only_when_tags_do_not_decide(tmp_path: Path, monkeypatch
     assert source.view is View.FRONTAL and "symmetric" in source.view_reason
 
 
-def test_png_without_study_uid_is_its_own_study(tmp_path: Path) -> None:
-    write_png(tmp_path / "a" / "view1_frontal.png")
-    write_png(tmp_path / "a" / "view2_lateral.png")
-    result = scan_folder(tmp_path)
-    assert [s.study_id for s in result.studies] == ["a/view1_frontal", "a/view2_lateral"]
-    assert [s.route for s in result.studies] == ["frontal", "lateral"]
-
-
 def test_overrides_rebuild_studies(study_folder: Path) -> None:
     result = scan_folder(study_folder)
     lateral = by_id(result)["1.2.1"].lateral.path
@@ -230,3 +231,32 @@ def test_phantom_scan_agrees_with_its_manifest(phantom: Path) -> None:
             candidates = {a.path} | {x.path for x in scanned[study_id].set_aside} if a else {None}
             assert (b.path if b else None) in candidates
     assert result.set_aside and all(a.kind == "duplicate" for a in result.set_aside)  # CSVs are not read
+
+
+def test_loose_pictures_are_grouped_by_folder(tmp_path):
+    def source(path: Path, uid: str = "") -> ImageSource:
+        return ImageSource(path, None, "", 0.0, study_id=path.stem, study_uid=uid)
+
+    flat = [source(tmp_path / "flat" / f"{i}.png") for i in range(MAX_PICTURES_PER_FOLDER_STUDY + 1)]
+    grouped = group_loose_pictures(
+        [
+            source(tmp_path / "a.png"),
+            source(tmp_path / "b.png"),
+            source(tmp_path / "zip" / "s1" / "c.png"),
+            source(tmp_path / "d.dcm", "1.2.3"),
+            *flat,
+        ],
+        tmp_path,
+        root_study="upload",
+    )
+    ids = [s.study_id for s in grouped]
+    assert ids[:4] == ["upload", "upload", "zip/s1", "d"]
+    assert ids[4:] == [s.study_id for s in flat]  # a flat export: each picture its own study
+
+
+def test_a_scanned_study_folder_of_pictures_is_one_study(tmp_path):
+    write_png(tmp_path / "p1" / "s1" / "view1_frontal.png")
+    write_png(tmp_path / "p1" / "s1" / "view2_lateral.png")
+    write_png(tmp_path / "p2" / "s1" / "view1_frontal.png")
+    scan = scan_folder(tmp_path)
+    assert [(s.study_id, s.route) for s in scan.studies] == [("p1/s1", "joint"), ("p2/s1", "frontal")]

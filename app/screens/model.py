@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from app import common
+from app.uploads import safe_name
 from models.checkpoint import describe, read_config
 from models.errors import ModelError
-from pipeline.session import safe_name
 
 state = st.session_state
 

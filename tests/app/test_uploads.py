@@ -1,22 +1,16 @@
-"""Upload folders: safe names, zips that cannot escape, cleanup; in-memory prediction files."""
+"""Upload folders: safe names, zips that cannot escape, cleanup."""
 
 from __future__ import annotations
 
-import csv
 import gc
 import io
-import json
 import stat
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from pipeline import session
-from pipeline.outputs import prediction_columns
-from pipeline.predict import StudyPrediction
-from pipeline.session import UploadError, UploadFolder, group_loose_pictures, prediction_files, safe_name
-from pipeline.studies import ImageSource
+from app import uploads as upload_module
+from app.uploads import UploadError, UploadFolder, safe_name
 
 
 @pytest.mark.parametrize(
@@ -70,7 +64,7 @@ def test_broken_and_oversized_zips_are_refused(tmp_path, monkeypatch):
     uploads = UploadFolder(tmp_path)
     with pytest.raises(UploadError, match="not a readable zip"):
         uploads.add("bad.zip", b"PK\x03\x04 not really")
-    monkeypatch.setattr(session, "MAX_UNZIPPED_BYTES", 10)
+    monkeypatch.setattr(upload_module, "MAX_UNZIPPED_BYTES", 10)
     with pytest.raises(UploadError, match="unpacks to"):
         uploads.add("big.zip", zip_bytes({"a": b"x" * 11}))
 
@@ -86,34 +80,3 @@ def test_folder_is_removed_on_close_and_when_forgotten(tmp_path):
     del other
     gc.collect()
     assert not root.exists()
-
-
-def test_loose_pictures_are_grouped_by_folder(tmp_path):
-    def source(path: Path, uid: str = "") -> ImageSource:
-        return ImageSource(path, None, "", 0.0, study_id=path.stem, study_uid=uid)
-
-    grouped = group_loose_pictures(
-        [
-            source(tmp_path / "a.png"),
-            source(tmp_path / "b.png"),
-            source(tmp_path / "zip" / "s1" / "c.png"),
-            source(tmp_path / "d.dcm", "1.2.3"),
-        ],
-        tmp_path,
-    )
-    assert [s.study_id for s in grouped] == ["upload", "upload", "zip/s1", "d"]
-
-
-def test_prediction_files_have_the_predict_columns():
-    labels, thresholds = ("a", "b"), {"b": 0.4}
-    done = StudyPrediction(
-        "s1", "frontal", {"a": 0.1, "b": 0.6}, {"a": 0.1, "b": 0.6}, dict.fromkeys(labels), dict.fromkeys(labels),
-        {"b": 1}, Path("f.dcm"), None,
-    )  # fmt: skip
-    failed = StudyPrediction("s2", None, *(dict.fromkeys(labels) for _ in range(4)), {}, None, None)
-    files = prediction_files([done, failed], labels, thresholds)
-    rows = list(csv.reader(io.StringIO(files["csv"].decode())))
-    assert rows[0] == prediction_columns(labels, thresholds)
-    assert len(rows) == 2 and rows[1][:4] == ["s1", "frontal", "f.dcm", ""]
-    [line] = files["jsonl"].decode().splitlines()
-    assert json.loads(line)["b_call"] == 1

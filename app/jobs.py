@@ -7,7 +7,6 @@ again. A batch job scans a folder and runs `predict_folder` in a thread, reporti
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -20,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ManifestError, TwoviewError
-from pipeline.manifest import write_manifest
+from models.atomic import write_atomic
+from pipeline.errors import TwoviewError
 from pipeline.outputs import errors_path, output_format
 from pipeline.predict import Predictor, PredictSummary, predict_folder
 from pipeline.studies import ScanResult, scan_folder
@@ -33,13 +32,11 @@ __all__ = [
     "command_text",
     "latest_job",
     "list_jobs",
-    "manifest_from_folder",
     "train_command",
 ]
 
 logger = logging.getLogger(__name__)
 
-_RESERVED = {"study_id", "patient_id", "frontal", "lateral"}
 _POPEN: dict[int, subprocess.Popen] = {}  # children started by this process, so their exit can be read
 
 
@@ -121,11 +118,9 @@ class TrainJob:
             raise JobError(f"{path}: not a readable job record ({err})") from err
 
     def save(self) -> None:
-        path = Path(self.record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: v for k, v in asdict(self).items() if k != "record"}, indent=2))
-        os.replace(tmp, path)
+        write_atomic(
+            self.record, json.dumps({k: v for k, v in asdict(self).items() if k != "record"}, indent=2)
+        )
 
     @property
     def run_path(self) -> Path:
@@ -227,48 +222,6 @@ def _unique_dir(path: Path) -> Path:
         except FileExistsError:
             n += 1
             candidate = path.with_name(f"{path.name}-{n}")
-
-
-def manifest_from_folder(folder: str | Path, labels_csv: str | Path, out: str | Path) -> Path:
-    """Scan `folder` and write a training manifest whose labels come from `labels_csv` (study_id + label columns)."""
-    labels, values = _read_label_table(Path(labels_csv))
-    scan = scan_folder(folder)
-    if not scan.studies:
-        raise ManifestError(f"{folder}: no studies found to train on")
-    missing = sum(s.study_id not in values for s in scan.studies)
-    if missing == len(scan.studies):
-        raise ManifestError(f"{labels_csv}: none of the {len(scan.studies)} studies in {folder} has a row")
-    return write_manifest(scan, out, labels, values)
-
-
-def _read_label_table(path: Path) -> tuple[list[str], dict[str, dict[str, float | None]]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ManifestError(f"{path}: cannot read the label table ({err})") from err
-    if "study_id" not in header:
-        raise ManifestError(f"{path}: needs a study_id column and one column per label")
-    labels = [c for c in header if c not in _RESERVED]
-    if not labels:
-        raise ManifestError(f"{path}: has no label columns besides {', '.join(sorted(_RESERVED))}")
-    values = {}
-    for line, row in enumerate(rows, start=2):
-        values[row["study_id"].strip()] = {
-            name: _label(path, line, name, row.get(name) or "") for name in labels
-        }
-    return labels, values
-
-
-def _label(path: Path, line: int, name: str, text: str) -> float | None:
-    text = text.strip()
-    if text in ("", "-1", "-1.0"):
-        return None
-    if text in ("0", "1", "0.0", "1.0"):
-        return float(text)
-    raise ManifestError(f"{path}, line {line}, column {name!r}: {text!r}; use 1, 0 or leave it blank")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import common
-from pipeline.jobs import BatchJob
+from app.jobs import BatchJob
 from pipeline.outputs import output_format
 
 state = st.session_state

@@ -10,9 +10,10 @@ import pandas as pd
 import streamlit as st
 
 from app import common
+from app.uploads import LOOSE_STUDY, UploadError, UploadFolder
 from pipeline.dicom import read_image
-from pipeline.predict import StudyPrediction
-from pipeline.session import UploadError, UploadFolder, group_loose_pictures, prediction_files
+from pipeline.outputs import prediction_bytes
+from pipeline.records import StudyPrediction
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study, assemble_studies, collect_sources
 from pipeline.views import View
 
@@ -52,8 +53,8 @@ def take_uploads(files: list) -> None:
 
 def read_folder(root: Path, origin: str, problems: list[SetAside] | None = None) -> None:
     """Read every file under `root`: views detected, unreadable files kept with their reasons."""
-    sources, aside = collect_sources(root, verify_pixels=True)
-    state.sources = group_loose_pictures(sources, root)
+    sources, aside = collect_sources(root, verify_pixels=True, root_study=LOOSE_STUDY)
+    state.sources = sources
     state.read_aside = [*(problems or []), *aside]
     state.root = root
     state.origin = origin
@@ -271,7 +272,7 @@ def show_results(model: Path, studies: tuple[Study, ...]) -> None:
     left, right = st.columns([1, 2])
     show_heat = left.toggle("Grad-CAM heatmap", key="show_heat")
     label = right.selectbox("Heatmap for", config.labels, key="heat_label", disabled=not show_heat)
-    files = prediction_files(results["items"], config.labels, thresholds)
+    files = prediction_bytes(results["items"], config.labels, thresholds)
     one, two, _ = st.columns([1, 1, 3])
     one.download_button("Download CSV", files["csv"], "predictions.csv", "text/csv")
     two.download_button("Download JSON Lines", files["jsonl"], "predictions.jsonl", "application/jsonl")

@@ -16,24 +16,15 @@ import tempfile
 import unicodedata
 import weakref
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from pipeline.errors import TwoviewError
-from pipeline.outputs import PredictionsFile
-from pipeline.studies import ImageSource
-
-if TYPE_CHECKING:
-    from pipeline.predict import StudyPrediction
 
 __all__ = [
     "MAX_UNZIPPED_BYTES",
     "MAX_ZIP_MEMBERS",
     "UploadError",
     "UploadFolder",
-    "group_loose_pictures",
     "safe_name",
 ]
 
@@ -134,35 +125,3 @@ def _check_size(name: str, members: list[zipfile.ZipInfo]) -> None:
         raise UploadError(
             f"{name}: unpacks to {total / 2**30:.1f} GiB; at most {MAX_UNZIPPED_BYTES / 2**30:.0f} GiB"
         )
-
-
-def group_loose_pictures(sources: Iterable[ImageSource], root: str | Path) -> list[ImageSource]:
-    """Pictures without a StudyInstanceUID (PNG, JPEG) grouped by folder: loose uploads form one study.
-
-    `collect_sources` gives each such file its own study; uploaded together, they are one study's views.
-    """
-    root = Path(root)
-    grouped = []
-    for source in sources:
-        if not source.study_uid:
-            folder = (
-                source.path.parent.relative_to(root).as_posix() if source.path.is_relative_to(root) else ""
-            )
-            source = replace(source, study_id=LOOSE_STUDY if folder in ("", ".") else folder)
-        grouped.append(source)
-    return grouped
-
-
-def prediction_files(
-    predictions: Sequence[StudyPrediction], labels: Sequence[str], thresholds: Mapping[str, float]
-) -> dict[str, bytes]:
-    """The predictions as `twoview predict` writes them, in memory: {"csv": ..., "jsonl": ...}."""
-    done = [p for p in predictions if p.ok]
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="twoview-download-") as tmp:
-        for kind in ("csv", "jsonl"):
-            path = Path(tmp) / f"predictions.{kind}"
-            with PredictionsFile(path, labels, thresholds) as file:
-                file.write(done)
-            out[kind] = path.read_bytes()
-    return out

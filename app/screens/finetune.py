@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from app import common
-from pipeline.jobs import TrainJob, command_text, latest_job, list_jobs, manifest_from_folder
+from app.jobs import TrainJob, command_text, latest_job, list_jobs
+from pipeline.manifest import manifest_from_folder
 from pipeline.runs import read_metrics
 
 state = st.session_state

@@ -1,4 +1,4 @@
-"""App jobs: the train command line, job records, manifests from a folder and a labels table, batch jobs."""
+"""App jobs: the train command line, job records, batch jobs."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ManifestError, TwoviewError
-from pipeline.jobs import (
-    BatchJob,
-    JobError,
-    TrainJob,
-    command_text,
-    latest_job,
-    manifest_from_folder,
-    train_command,
-)
-from pipeline.manifest import read_manifest
+from app.jobs import BatchJob, JobError, TrainJob, command_text, latest_job, train_command
+from pipeline.errors import TwoviewError
 from pipeline.outputs import OutputError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
@@ -60,37 +51,6 @@ def test_broken_record_is_a_job_error(tmp_path):
     (tmp_path / "x.json").write_text("{")
     with pytest.raises(JobError):
         TrainJob.load(tmp_path / "x.json")
-
-
-def test_manifest_from_a_folder_and_a_labels_table(tmp_path):
-    table = tmp_path / "labels.csv"
-    source = (SAMPLE / "labels.csv").read_text().splitlines()
-    table.write_text("\n".join(source[:5]) + "\n")
-    out = manifest_from_folder(SAMPLE, table, tmp_path / "manifest.csv")
-    manifest = read_manifest(out)
-    assert manifest.label_names == (
-        "pleural_effusion",
-        "nodule",
-        "cardiomegaly",
-        "pneumothorax",
-        "consolidation",
-    )
-    known = (~(manifest.labels != manifest.labels)).any(axis=1)  # rows with any known label
-    assert known.sum() == 4 and len(manifest) >= 20
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("id,a\n1,1\n", "needs a study_id"),
-        ("study_id,frontal\n1,x\n", "no label columns"),
-        ("study_id,a\n1,maybe\n", "line 2"),
-    ],
-)
-def test_bad_label_tables_say_what_to_fix(tmp_path, text, message):
-    (tmp_path / "t.csv").write_text(text)
-    with pytest.raises(ManifestError, match=message):
-        manifest_from_folder(SAMPLE, tmp_path / "t.csv", tmp_path / "m.csv")
 
 
 def test_batch_job_refuses_bad_paths_up_front(tmp_path):
