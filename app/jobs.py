@@ -16,13 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from models.atomic import write_atomic
 from pipeline.errors import TwoviewError
 from pipeline.outputs import errors_path, output_format
 from pipeline.predict import Predictor, PredictSummary, predict_folder
+from pipeline.settings import TrainSettings
 from pipeline.studies import ScanResult, scan_folder
 
 __all__ = [
@@ -44,29 +45,9 @@ class JobError(TwoviewError):
     """A job that cannot be started, found or stopped."""
 
 
-def train_command(manifest: str | Path, run_dir: str | Path, options: dict[str, object]) -> list[str]:
-    """The `twoview train` command line: `options` maps flag names (no dashes) to values; None is left out."""
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "train",
-        "--manifest",
-        str(manifest),
-        "--out",
-        str(run_dir),
-    ]
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            command.append(flag)
-        elif isinstance(value, list | tuple):
-            command += [flag, *(str(v) for v in value)]
-        else:
-            command += [flag, str(value)]
-    return command
+def train_command(settings: TrainSettings) -> list[str]:
+    """The `twoview train` command line for `settings` (options at their defaults left out)."""
+    return [sys.executable, "-m", "pipeline.cli", "train", *settings.to_args()]
 
 
 @dataclass
@@ -82,13 +63,14 @@ class TrainJob:
     record: str = ""  # where this record is saved
 
     @classmethod
-    def start(
-        cls, manifest: str | Path, runs_dir: str | Path, jobs_dir: str | Path, options: dict[str, object]
-    ) -> TrainJob:
-        """Start training into a new run folder under `runs_dir`, detached from the caller's session."""
+    def start(cls, settings: TrainSettings, runs_dir: str | Path, jobs_dir: str | Path) -> TrainJob:
+        """Start training into a new run folder under `runs_dir`, detached from the caller's session.
+
+        `settings.out_dir` is replaced by that new folder.
+        """
         name = time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = _unique_dir(Path(runs_dir) / name)
-        command = train_command(manifest, run_dir, options)
+        command = train_command(replace(settings, out_dir=str(run_dir)))
         log = (run_dir / "train.log").open("ab")
         try:
             process = subprocess.Popen(

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from models.errors import ModelError
 from pipeline.errors import TwoviewError
+from pipeline.settings import TrainSettings, cli_flag
 
 __all__ = ["build_parser", "main"]
 
@@ -136,18 +137,21 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_merge)
 
 
-#: Subcommands, each added by one function; later jobs add theirs here.
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.train import TrainSettings, fit
+    from pipeline.train import fit
 
+    settings = _train_settings(args)
     if args.resume:
-        result = fit(TrainSettings(manifest="", out_dir=args.resume), resume=True)
+        given = sorted(f"--{name.replace('_', '-')}" for name in settings.changed())
+        if given:
+            raise TwoviewError(
+                f"--resume continues {args.resume} with the settings it was started with; "
+                f"drop {', '.join(given)} (or start a new run with --out)"
+            )
+        result = fit(TrainSettings(out_dir=args.resume), resume=True)
     else:
-        if not args.manifest or not args.out_dir:
+        if not settings.manifest or not settings.out_dir:
             raise TwoviewError("give --manifest and --out for a new run, or --resume RUN_DIR to continue one")
-        # The train options are named after TrainSettings fields (see `dest` below).
-        given = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if hasattr(args, f.name)}
-        settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
         result = fit(settings)
     if result is not None:
         print(f"best model: {result.best}")
@@ -155,79 +159,51 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
+    """The `TrainSettings` the train options name (each option's dest is a field name)."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainSettings)}
+    return TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+_FIELD_TYPES = {"str": str, "int": int, "float": float}
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help that names each option's default, unless there is none or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default in (None, "", argparse.SUPPRESS) or isinstance(default, bool):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})"
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune on a labelled manifest (Lightning; multi-GPU/multi-node with --strategy ddp)",
         description="Fine-tune a two-view model on a manifest (study_id, frontal, lateral, one column per label).",
-    )
-    p.add_argument("--manifest", help="training manifest CSV")
-    p.add_argument(
-        "--images",
-        dest="images_dir",
-        help="folder the manifest's paths are relative to (default: the manifest's folder)",
-    )
-    p.add_argument(
-        "--out", dest="out_dir", help="run folder to write checkpoints, metrics and the report into"
+        formatter_class=_DefaultsHelp,
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
-    p.add_argument(
-        "--val-manifest", help="validation manifest (default: a patient-level split of --manifest)"
-    )
-    p.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of studies for validation (default 0.2)"
-    )
-    p.add_argument(
-        "--start",
-        default="demo",
-        help="'demo' (default), 'scratch', a twoview .safetensors, or a DenseNet121 state dict file or URL",
-    )
-    p.add_argument("--pretrained-sha256", help="SHA-256 of the --start weights (required for a URL)")
-    p.add_argument(
-        "--arch", default="densenet121", choices=["densenet121", "tiny"], help="network size for new models"
-    )
-    p.add_argument("--image-size", type=int, help="input size in pixels (default: the starting model's)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of AdamW")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument(
-        "--head-weights-start",
-        type=float,
-        nargs=3,
-        default=(0.3, 1.0, 1.0),
-        metavar=("JOINT", "FRONTAL", "LATERAL"),
-        help="loss weight of each head at the first epoch",
-    )
-    p.add_argument(
-        "--head-weights-end",
-        type=float,
-        nargs=3,
-        default=(1.0, 0.3, 0.3),
-        metavar=("JOINT", "FRONTAL", "LATERAL"),
-        help="loss weight of each head after --ramp-epochs",
-    )
-    p.add_argument("--ramp-epochs", type=int, default=5)
-    p.add_argument(
-        "--view-dropout", type=float, default=0.2, help="share of two-view studies trained with one view"
-    )
-    p.add_argument(
-        "--no-balance", dest="balance", action="store_false", help="no class-balanced positive weights"
-    )
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument(
-        "--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (default: mixed on GPU)"
-    )
-    p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu")
-    p.add_argument("--devices", default="auto", help="number of devices or a list like 0,1")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--strategy", default="auto", help="auto or ddp (multi-GPU / multi-node)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
-    p.add_argument("--patience", type=int, default=5, help="epochs without AUROC gain before stopping")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="decoded-image cache (default: RUN_DIR/cache)")
+    for f in fields(TrainSettings):
+        _add_setting(p, f)
     p.set_defaults(handler=_train)
+
+
+def _add_setting(parser: argparse.ArgumentParser, f) -> None:
+    """One `TrainSettings` field as an option: its flag, type, help and default come from the field."""
+    meta = {k: v for k, v in f.metadata.items() if k != "flag"}
+    flag = cli_flag(f.name)
+    kind = str(f.type).replace(" | None", "")
+    if kind == "bool":
+        parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", **meta)
+    elif kind.startswith("tuple["):
+        parser.add_argument(flag, dest=f.name, type=float, nargs=3, default=f.default, **meta)
+    else:
+        parser.add_argument(flag, dest=f.name, type=_FIELD_TYPES[kind], default=f.default, **meta)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -61,3 +61,7 @@ class EmptyImageError(ImageError):
 
 class ManifestError(TwoviewError):
     """A manifest CSV that cannot be used; the message names the file, the row and the fix."""
+
+
+class TrainError(TwoviewError):
+    """Training cannot start or go on: bad settings, unusable labels, a run folder that cannot resume."""

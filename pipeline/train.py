@@ -1,10 +1,11 @@
-"""Fine-tuning: a LightningModule around `TwoViewNet` + `MultiViewLoss`, a DataModule around `StudyDataset`.
+"""Fine-tuning: a LightningModule around `TwoViewNet` + `MultiViewLoss`, run by a Lightning Trainer.
 
 `fit(settings)` runs a Lightning Trainer, so checkpoints, progress bars, mixed precision and
 multi-GPU / multi-node DDP come from the framework. A run folder holds `best.safetensors` and
 `last.safetensors` (our format, with thresholds and provenance in the config), Lightning's
 `checkpoints/last.ckpt` (for `--resume`), live logs per attempt in `logs/` (see `pipeline.runs`),
-and at the end `metrics.csv`, `curves.png`, `report.md` and `report.json`.
+and at the end `metrics.csv`, `curves.png`, `report.md` and `report.json`. The data side (manifests,
+patient split, loaders) is `pipeline.datamodule`; the starting network is `pipeline.start_model`.
 """
 
 from __future__ import annotations
@@ -12,121 +13,87 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader
 from torchmetrics.aggregation import CatMetric
 
 from models import checkpoint
 from models.atomic import write_atomic
-from models.config import ModelConfig
-from models.errors import CheckpointError
 from models.losses import HeadWeights, LossSchedule, MultiViewLoss, class_pos_weight, view_dropout
 from models.names import OUTPUTS, Route
-from models.pretrained import load_pretrained
 from models.twoview import TwoViewNet
-from pipeline.data import StudyDataset, ViewBatch, collate
-from pipeline.errors import TwoviewError
+from pipeline.data import ViewBatch
+from pipeline.datamodule import StudyDataModule
+from pipeline.errors import TrainError
 from pipeline.evaluate import score
-from pipeline.manifest import Manifest, read_manifest
+from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.plots import plot_training_curves
-from pipeline.predict import DEMO_MODEL
 from pipeline.runs import next_attempt, write_merged_metrics
+from pipeline.settings import TrainSettings
+from pipeline.start_model import build_start_model
 
-__all__ = ["DEMO_MODEL", "StudyDataModule", "TrainError", "TrainSettings", "TwoViewModule", "fit"]
+__all__ = ["TrainError", "TrainResult", "TrainSettings", "TwoViewModule", "fit"]
 
 log = logging.getLogger(__name__)
 
 MONITOR = "val/auroc"  # macro AUROC of the final prediction
 
 
-class TrainError(TwoviewError):
-    """Training cannot start or go on: bad settings, unusable labels, a run folder that cannot resume."""
-
-
-@dataclass
-class TrainSettings:
-    """Everything `twoview train` takes; saved as `settings.json` in the run folder for `--resume`."""
-
-    manifest: str
-    out_dir: str
-    images_dir: str | None = None
-    val_manifest: str | None = None  # else a patient-level split of `manifest`
-    val_fraction: float = 0.2
-    start: str = "demo"  # "demo", "scratch", a twoview .safetensors, or a DenseNet121 state dict / URL
-    pretrained_sha256: str | None = None
-    arch: str = "densenet121"  # or "tiny" (tests and smoke runs)
-    image_size: int | None = None  # None: the starting model's size
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    head_weights_start: tuple[float, float, float] = (0.3, 1.0, 1.0)  # joint, frontal, lateral
-    head_weights_end: tuple[float, float, float] = (1.0, 0.3, 0.3)
-    ramp_epochs: int = 5
-    view_dropout: float = 0.2
-    balance: bool = True  # class-balanced pos_weight from the training labels
-    grad_clip: float = 1.0
-    precision: str | None = None  # None: bf16/16 mixed on GPU, 32 on CPU
-    accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    workers: int = 2
-    patience: int = 5
-    seed: int = 0
-    cache_dir: str | None = None  # decoded-image cache; default <out_dir>/cache
-
-    def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> TrainSettings:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise TrainError(f"cannot read the run settings {path}: {err}") from err
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
-
-
 class TwoViewModule(pl.LightningModule):
-    """`TwoViewNet` + `MultiViewLoss` with AdamW, warm-up + cosine LR, view dropout and AUROC per head."""
+    """`TwoViewNet` + `MultiViewLoss` with AdamW, warm-up + cosine LR, view dropout and AUROC per head.
+
+    Takes the network it trains; the hyper-parameters' defaults live in `TrainSettings` alone.
+    """
 
     def __init__(
         self,
-        config: dict[str, Any],
-        pos_weight: list[float] | None = None,
-        lr: float = 3e-4,
-        weight_decay: float = 1e-4,
-        warmup_epochs: float = 1.0,
-        head_weights_start: tuple[float, float, float] = (0.3, 1.0, 1.0),
-        head_weights_end: tuple[float, float, float] = (1.0, 0.3, 0.3),
-        ramp_epochs: int = 5,
-        view_dropout: float = 0.2,
+        net: TwoViewNet,
+        *,
+        pos_weight: list[float] | None,
+        lr: float,
+        weight_decay: float,
+        warmup_epochs: float,
+        head_weights_start: tuple[float, float, float],
+        head_weights_end: tuple[float, float, float],
+        ramp_epochs: int,
+        view_dropout: float,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.config = ModelConfig.from_json(json.dumps(config))
-        self.net = TwoViewNet(self.config)
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.config = net.config
         schedule = LossSchedule(HeadWeights(*head_weights_start), HeadWeights(*head_weights_end), ramp_epochs)
         self.loss = MultiViewLoss(schedule, None if pos_weight is None else torch.tensor(pos_weight))
         self.val_probs = torch.nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in OUTPUTS})
         self.val_labels = CatMetric(nan_strategy="disable")
         self.val_routes = CatMetric(nan_strategy="disable")
         self.last_report: EvaluationReport | None = None
+
+    @classmethod
+    def from_settings(
+        cls, net: TwoViewNet, settings: TrainSettings, pos_weight: list[float] | None
+    ) -> TwoViewModule:
+        """The module for one run's settings."""
+        return cls(
+            net,
+            pos_weight=pos_weight,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            warmup_epochs=settings.warmup_epochs,
+            head_weights_start=tuple(settings.head_weights_start),
+            head_weights_end=tuple(settings.head_weights_end),
+            ramp_epochs=settings.ramp_epochs,
+            view_dropout=settings.view_dropout,
+        )
 
     def forward(self, batch: ViewBatch):
         return self.net(batch.frontal, batch.lateral, batch.has_frontal, batch.has_lateral)
@@ -201,171 +168,6 @@ class TwoViewModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class StudyDataModule(pl.LightningDataModule):
-    """Owns the manifests, the patient-level split, and the train/validation datasets and loaders."""
-
-    def __init__(self, settings: TrainSettings, config: ModelConfig) -> None:
-        super().__init__()
-        self.settings = settings
-        self.config = config
-        self.train_set: StudyDataset | None = None
-        self.val_set: StudyDataset | None = None
-        self.train_manifest, self.val_manifest = split_manifests(settings, config.labels)
-
-    def setup(self, stage: str | None = None) -> None:
-        cache = self.settings.cache_dir or str(Path(self.settings.out_dir) / "cache")
-        if self.train_set is None:
-            self.train_set = StudyDataset.from_manifest(
-                self.train_manifest, config=self.config, train=True, cache_dir=cache
-            )
-            self.val_set = StudyDataset.from_manifest(self.val_manifest, config=self.config, cache_dir=cache)
-
-    def _loader(self, dataset: StudyDataset, shuffle: bool) -> DataLoader:
-        workers = self.settings.workers
-        return DataLoader(
-            dataset,
-            batch_size=self.settings.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(dataset) > self.settings.batch_size,  # no 1-row BatchNorm batches
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-
-def split_manifests(settings: TrainSettings, labels: tuple[str, ...]) -> tuple[Manifest, Manifest]:
-    """The training and validation manifests: a given validation manifest, or a patient-level split."""
-    train = read_manifest(settings.manifest, settings.images_dir, labels=list(labels))
-    if settings.val_manifest:
-        val = read_manifest(settings.val_manifest, settings.images_dir, labels=list(labels))
-    else:
-        train, val = patient_split(train, settings.val_fraction, settings.seed)
-    _check_validatable(train, val, labels)
-    return train, val
-
-
-def patient_split(manifest: Manifest, fraction: float, seed: int) -> tuple[Manifest, Manifest]:
-    """Split by patient (no patient on both sides), about `fraction` of studies to validation.
-
-    Patients are taken in a seeded order, preferring ones that bring a label's first positive or
-    negative to the validation side, so small sets still validate every label they can.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise TrainError(f"the validation fraction must be between 0 and 1, got {fraction}")
-    by_patient: dict[str, list[int]] = {}
-    for i, patient in enumerate(manifest.patient_ids):
-        by_patient.setdefault(patient, []).append(i)
-    patients = sorted(by_patient)
-    random.Random(seed).shuffle(patients)
-    target = max(1, round(fraction * len(manifest)))
-    labels = np.nan_to_num(manifest.labels, nan=-1.0)
-    chosen: list[str] = []
-    have_pos = np.zeros(labels.shape[1], bool)
-    have_neg = np.zeros(labels.shape[1], bool)
-    size = 0
-    while size < target and len(chosen) < len(patients) - 1:
-        remaining = [p for p in patients if p not in chosen]
-        gains = [_coverage_gain(labels[by_patient[p]], have_pos, have_neg) for p in remaining]
-        best = remaining[gains.index(max(gains))]  # ties keep the seeded order
-        chosen.append(best)
-        rows = labels[by_patient[best]]
-        have_pos |= (rows == 1).any(0)
-        have_neg |= (rows == 0).any(0)
-        size += len(by_patient[best])
-    val_rows = sorted(i for p in chosen for i in by_patient[p])
-    train_rows = sorted(set(range(len(manifest))) - set(val_rows))
-    return _subset(manifest, train_rows), _subset(manifest, val_rows)
-
-
-def _coverage_gain(rows: np.ndarray, have_pos: np.ndarray, have_neg: np.ndarray) -> int:
-    """How many labels would gain their first validation positive or negative from these rows."""
-    return int(((rows == 1).any(0) & ~have_pos).sum() + ((rows == 0).any(0) & ~have_neg).sum())
-
-
-def _subset(manifest: Manifest, rows: list[int]) -> Manifest:
-    return replace(
-        manifest,
-        studies=tuple(manifest.studies[i] for i in rows),
-        labels=manifest.labels[rows],
-        patient_ids=tuple(manifest.patient_ids[i] for i in rows),
-    )
-
-
-def _check_validatable(train: Manifest, val: Manifest, labels: tuple[str, ...]) -> None:
-    """Refuse a split where no label can be both learnt and validated; name the labels that cannot be."""
-    if len(train) == 0 or len(val) == 0:
-        raise TrainError(f"need studies on both sides: {len(train)} for training, {len(val)} for validation")
-    lacking = []
-    for j, name in enumerate(labels):
-        seen, held_out = train.labels[:, j], val.labels[:, j]
-        if not ((seen == 1).any() and (held_out == 1).any() and (held_out == 0).any()):
-            lacking.append(name)
-    if len(lacking) == len(labels):
-        raise TrainError(
-            "too few positives to validate: no label has a positive study to train on and both a positive "
-            f"and a negative study among the {len(val)} validation studies. Add labelled studies or give "
-            "--val-manifest."
-        )
-    if lacking:
-        log.warning(
-            "%s cannot be both trained and validated (too few positives); their AUROC will be n/a",
-            ", ".join(lacking),
-        )
-
-
-def build_model(settings: TrainSettings, labels: tuple[str, ...]) -> TwoViewNet:
-    """The starting network: demo model, a twoview checkpoint, a pretrained DenseNet121, or scratch."""
-    start = settings.start
-    if start == "demo":
-        if not DEMO_MODEL.is_file():
-            raise TrainError(f"the demo model {DEMO_MODEL} is not there; use --start scratch or a checkpoint")
-        start = str(DEMO_MODEL)
-    if start not in ("scratch",) and start.endswith(".safetensors") and _is_twoview(start):
-        return _from_checkpoint(Path(start), labels, settings.image_size)
-    base = ModelConfig.tiny() if settings.arch == "tiny" else ModelConfig()
-    if settings.arch not in ("tiny", "densenet121"):
-        raise TrainError(f"unknown architecture {settings.arch!r}; choose one of: densenet121, tiny")
-    config = replace(base, labels=labels, image_size=settings.image_size or base.image_size)
-    net = TwoViewNet(config)
-    if start != "scratch":
-        report = load_pretrained(net, start, sha256=settings.pretrained_sha256)
-        log.info(report.summary())
-    return net
-
-
-def _is_twoview(path: str) -> bool:
-    try:
-        checkpoint.read_metadata(path)
-    except CheckpointError:
-        return False
-    return True
-
-
-def _from_checkpoint(path: Path, labels: tuple[str, ...], image_size: int | None) -> TwoViewNet:
-    """A checkpoint's network; heads for a different label set start fresh (and we say so)."""
-    old = checkpoint.load(path)
-    config = replace(
-        old.config.with_labels(labels), image_size=image_size or old.config.image_size, provenance={}
-    )
-    net = TwoViewNet(config)
-    state = old.state_dict()
-    if config.labels != old.config.labels:
-        log.info(
-            "new heads for labels %s (the start model predicts %s)", list(labels), list(old.config.labels)
-        )
-        state = {k: v for k, v in state.items() if ".head.out." not in k}
-    net.load_state_dict(state, strict=False)
-    log.info("starting from %s", path)
-    return net
-
-
 class SafetensorsExport(Callback):
     """After each validation, write `last.safetensors` and, when the monitored AUROC improved, `best`."""
 
@@ -401,7 +203,6 @@ class TrainResult:
     best: Path
     report: EvaluationReport
     epochs_run: int
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def fit(
@@ -423,23 +224,12 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     labels = _manifest_labels(settings)
-    net = build_model(settings, labels)
+    net = build_start_model(settings, labels)
     data = StudyDataModule(settings, net.config)
     pos_weight = (
         class_pos_weight(torch.from_numpy(data.train_manifest.labels)).tolist() if settings.balance else None
     )
-    module = TwoViewModule(
-        json.loads(net.config.to_json()),
-        pos_weight=pos_weight,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_epochs=settings.warmup_epochs,
-        head_weights_start=tuple(settings.head_weights_start),
-        head_weights_end=tuple(settings.head_weights_end),
-        ramp_epochs=settings.ramp_epochs,
-        view_dropout=settings.view_dropout,
-    )
-    module.net.load_state_dict(net.state_dict())
+    module = TwoViewModule.from_settings(net, settings, pos_weight)
     if not resume:
         settings.save(out / "settings.json")
     trainer = _trainer(settings, out, callbacks)

@@ -10,12 +10,13 @@ import streamlit as st
 
 from app import common
 from app.jobs import TrainJob, command_text, latest_job, list_jobs
+from models.names import OUTPUTS
 from pipeline.manifest import manifest_from_folder
 from pipeline.runs import read_metrics
+from pipeline.settings import ARCHITECTURES, TrainSettings
 
 state = st.session_state
-HEADS = ("frontal", "lateral", "joint", "final")
-HEAD_WEIGHTS = ("joint", "frontal", "lateral")  # the order `twoview train` takes them in
+HEAD_WEIGHTS = ("joint", "frontal", "lateral")  # the order of `TrainSettings.head_weights_*`
 STARTS = {
     "the active model": "active",
     "scratch (random weights)": "scratch",
@@ -39,7 +40,7 @@ def curves(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             for name, key in (("train", "train/loss"), ("validation", "val/loss"))
         }
     )
-    auroc = pd.DataFrame({head: epoch_means(series.get(f"val/auroc_{head}", [])) for head in HEADS})
+    auroc = pd.DataFrame({head: epoch_means(series.get(f"val/auroc_{head}", [])) for head in OUTPUTS})
     for frame in (loss, auroc):
         frame.index.name = "epoch"
     return loss.sort_index(), auroc.sort_index()
@@ -121,42 +122,47 @@ def manifest_input() -> Path | tuple[Path, Path] | None:
 
 
 def options_input(active: Path) -> dict[str, object]:
-    """The hyper-parameters that matter, as `twoview train` flags."""
+    """The hyper-parameters that matter, as `TrainSettings` fields; defaults come from `TrainSettings`."""
+    default = TrainSettings.defaults()
     one, two, three, four = st.columns(4)
-    epochs = one.number_input("Epochs", 1, 1000, 20)
-    lr = two.number_input("Learning rate", 1e-6, 1.0, 3e-4, format="%.0e", step=1e-4)
-    batch = three.number_input("Batch size", 1, 1024, 16)
-    size = four.number_input("Image size (px)", 32, 2048, 224, step=32)
+    epochs = one.number_input("Epochs", 1, 1000, default["epochs"])
+    lr = two.number_input("Learning rate", 1e-6, 1.0, default["lr"], format="%.0e", step=1e-4)
+    batch = three.number_input("Batch size", 1, 1024, default["batch_size"])
+    size = None
+    if four.checkbox("Set the image size", help="Otherwise the starting model's size is kept."):
+        size = int(four.number_input("Image size (px)", 32, 2048, 224, step=32))
     start_name = st.selectbox("Starting model", list(STARTS), index=0 if common.model_ready(active) else 1)
     start = STARTS[start_name]
-    arch = "densenet121"
+    arch = default["arch"]
     if start == "active":
         start = str(active)
     elif start == "other":
         start = st.text_input("Checkpoint path or URL", value="")
     else:
-        arch = st.selectbox("Network", ["densenet121", "tiny"])
+        arch = st.selectbox("Network", list(ARCHITECTURES))
     one, two = st.columns(2)
-    dropout = one.slider("View dropout (share of two-view studies trained with one view)", 0.0, 1.0, 0.2)
-    workers = two.number_input("Decoding workers", 0, 16, 2)
+    dropout = one.slider(
+        "View dropout (share of two-view studies trained with one view)", 0.0, 1.0, default["view_dropout"]
+    )
+    workers = two.number_input("Decoding workers", 0, 16, default["workers"])
     st.markdown("**Head weights** (loss weight of each head, ramped from start to end)")
     begin, end = [], []
     for head, columns, first, last in zip(
-        HEAD_WEIGHTS, st.columns(3), (0.3, 1.0, 1.0), (1.0, 0.3, 0.3), strict=True
+        HEAD_WEIGHTS, st.columns(3), default["head_weights_start"], default["head_weights_end"], strict=True
     ):
         begin.append(columns.number_input(f"{head} at start", 0.0, 10.0, first, key=f"hw0-{head}"))
         end.append(columns.number_input(f"{head} at end", 0.0, 10.0, last, key=f"hw1-{head}"))
-    ramp = st.number_input("Ramp epochs", 0, 1000, 5)
+    ramp = st.number_input("Ramp epochs", 0, 1000, default["ramp_epochs"])
     return {
         "start": start,
         "arch": arch,
         "epochs": int(epochs),
         "lr": float(lr),
         "batch_size": int(batch),
-        "image_size": int(size),
+        "image_size": size,
         "view_dropout": float(dropout),
-        "head_weights_start": begin,
-        "head_weights_end": end,
+        "head_weights_start": tuple(begin),
+        "head_weights_end": tuple(end),
         "ramp_epochs": int(ramp),
         "workers": int(workers),
     }
@@ -167,7 +173,7 @@ def start(source: Path | tuple[Path, Path], options: dict[str, object]) -> None:
     if isinstance(source, tuple):
         folder, labels = source
         source = manifest_from_folder(folder, labels, common.folder("manifests") / f"{folder.name}.csv")
-    job = TrainJob.start(source, runs, jobs, options)
+    job = TrainJob.start(TrainSettings(manifest=str(source), **options), runs, jobs)
     state.train_job = job.record
 
 

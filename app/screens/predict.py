@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import common
 from app.uploads import LOOSE_STUDY, UploadError, UploadFolder
+from models.names import HEADS
 from pipeline.dicom import read_image
 from pipeline.outputs import prediction_bytes
 from pipeline.records import StudyPrediction
@@ -23,7 +24,7 @@ ROUTE_TEXT = {
     "frontal": "frontal only: the frontal head decides",
     "lateral": "lateral only: the lateral head decides",
 }
-HEAD_COLUMNS = ["frontal", "lateral", "joint", "final"]
+HEAD_COLUMNS = [*HEADS, "final"]  # final last, so it stands out
 COLOURS = ["#6baed6", "#74c476", "#fd8d3c", "#49006a"]  # the final bar stands out
 state = st.session_state
 

@@ -9,24 +9,27 @@ from pathlib import Path
 import pytest
 
 from app.jobs import BatchJob, JobError, TrainJob, command_text, latest_job, train_command
+from pipeline.cli import _train_settings, build_parser
 from pipeline.errors import TwoviewError
 from pipeline.outputs import OutputError
+from pipeline.settings import TrainSettings
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
 
 
 def test_train_command_spells_flags_like_the_cli():
-    command = train_command(
-        "m.csv",
-        "run",
-        {"epochs": 2, "head_weights_start": [0.3, 1.0, 1.0], "no_balance": True, "image_size": None},
+    settings = TrainSettings(
+        manifest="m.csv", out_dir="run", epochs=2, head_weights_start=(0.3, 1.0, 0.5), balance=False
     )
+    command = train_command(settings)
     assert command[:4] == [sys.executable, "-m", "pipeline.cli", "train"]
     assert command[4:] == [
         "--manifest", "m.csv", "--out", "run", "--epochs", "2",
-        "--head-weights-start", "0.3", "1.0", "1.0", "--no-balance",
+        "--head-weights-start", "0.3", "1.0", "0.5", "--no-balance",
     ]  # fmt: skip
     assert command_text(command).startswith("twoview train --manifest m.csv")
+    parsed = build_parser().parse_args(command[3:])
+    assert _train_settings(parsed) == settings
 
 
 def test_a_record_of_a_dead_process_reads_as_failed_or_stopped(tmp_path):

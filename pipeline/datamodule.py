@@ -1,0 +1,146 @@
+"""The training data: manifests, the patient-level split, and the train/validation datasets and loaders.
+
+A Lightning DataModule owns the split (no patient on both sides) and the datasets' transforms, so
+the LightningModule sees only batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from models.config import ModelConfig
+from pipeline.data import StudyDataset, collate
+from pipeline.errors import TrainError
+from pipeline.manifest import Manifest, read_manifest
+from pipeline.settings import TrainSettings
+
+__all__ = ["StudyDataModule", "patient_split", "split_manifests"]
+
+log = logging.getLogger(__name__)
+
+
+class StudyDataModule(pl.LightningDataModule):
+    """Owns the manifests, the patient-level split, and the train/validation datasets and loaders."""
+
+    def __init__(self, settings: TrainSettings, config: ModelConfig) -> None:
+        super().__init__()
+        self.settings = settings
+        self.config = config
+        self.train_set: StudyDataset | None = None
+        self.val_set: StudyDataset | None = None
+        self.train_manifest, self.val_manifest = split_manifests(settings, config.labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        cache = self.settings.cache_dir or str(Path(self.settings.out_dir) / "cache")
+        if self.train_set is None:
+            self.train_set = StudyDataset.from_manifest(
+                self.train_manifest, config=self.config, train=True, cache_dir=cache
+            )
+            self.val_set = StudyDataset.from_manifest(self.val_manifest, config=self.config, cache_dir=cache)
+
+    def _loader(self, dataset: StudyDataset, shuffle: bool) -> DataLoader:
+        workers = self.settings.workers
+        return DataLoader(
+            dataset,
+            batch_size=self.settings.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            drop_last=shuffle and len(dataset) > self.settings.batch_size,  # no 1-row BatchNorm batches
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+def split_manifests(settings: TrainSettings, labels: tuple[str, ...]) -> tuple[Manifest, Manifest]:
+    """The training and validation manifests: a given validation manifest, or a patient-level split."""
+    train = read_manifest(settings.manifest, settings.images_dir, labels=list(labels))
+    if settings.val_manifest:
+        val = read_manifest(settings.val_manifest, settings.images_dir, labels=list(labels))
+    else:
+        train, val = patient_split(train, settings.val_fraction, settings.seed)
+    _check_validatable(train, val, labels)
+    return train, val
+
+
+def patient_split(manifest: Manifest, fraction: float, seed: int) -> tuple[Manifest, Manifest]:
+    """Split by patient (no patient on both sides), about `fraction` of studies to validation.
+
+    Patients are taken in a seeded order, preferring ones that bring a label's first positive or
+    negative to the validation side, so small sets still validate every label they can.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise TrainError(f"the validation fraction must be between 0 and 1, got {fraction}")
+    by_patient: dict[str, list[int]] = {}
+    for i, patient in enumerate(manifest.patient_ids):
+        by_patient.setdefault(patient, []).append(i)
+    patients = sorted(by_patient)
+    random.Random(seed).shuffle(patients)
+    target = max(1, round(fraction * len(manifest)))
+    labels = np.nan_to_num(manifest.labels, nan=-1.0)
+    chosen: list[str] = []
+    have_pos = np.zeros(labels.shape[1], bool)
+    have_neg = np.zeros(labels.shape[1], bool)
+    size = 0
+    while size < target and len(chosen) < len(patients) - 1:
+        remaining = [p for p in patients if p not in chosen]
+        gains = [_coverage_gain(labels[by_patient[p]], have_pos, have_neg) for p in remaining]
+        best = remaining[gains.index(max(gains))]  # ties keep the seeded order
+        chosen.append(best)
+        rows = labels[by_patient[best]]
+        have_pos |= (rows == 1).any(0)
+        have_neg |= (rows == 0).any(0)
+        size += len(by_patient[best])
+    val_rows = sorted(i for p in chosen for i in by_patient[p])
+    train_rows = sorted(set(range(len(manifest))) - set(val_rows))
+    return _subset(manifest, train_rows), _subset(manifest, val_rows)
+
+
+def _coverage_gain(rows: np.ndarray, have_pos: np.ndarray, have_neg: np.ndarray) -> int:
+    """How many labels would gain their first validation positive or negative from these rows."""
+    return int(((rows == 1).any(0) & ~have_pos).sum() + ((rows == 0).any(0) & ~have_neg).sum())
+
+
+def _subset(manifest: Manifest, rows: list[int]) -> Manifest:
+    return replace(
+        manifest,
+        studies=tuple(manifest.studies[i] for i in rows),
+        labels=manifest.labels[rows],
+        patient_ids=tuple(manifest.patient_ids[i] for i in rows),
+    )
+
+
+def _check_validatable(train: Manifest, val: Manifest, labels: tuple[str, ...]) -> None:
+    """Refuse a split where no label can be both learnt and validated; name the labels that cannot be."""
+    if len(train) == 0 or len(val) == 0:
+        raise TrainError(f"need studies on both sides: {len(train)} for training, {len(val)} for validation")
+    lacking = []
+    for j, name in enumerate(labels):
+        seen, held_out = train.labels[:, j], val.labels[:, j]
+        if not ((seen == 1).any() and (held_out == 1).any() and (held_out == 0).any()):
+            lacking.append(name)
+    if len(lacking) == len(labels):
+        raise TrainError(
+            "too few positives to validate: no label has a positive study to train on and both a positive "
+            f"and a negative study among the {len(val)} validation studies. Add labelled studies or give "
+            "--val-manifest."
+        )
+    if lacking:
+        log.warning(
+            "%s cannot be both trained and validated (too few positives); their AUROC will be n/a",
+            ", ".join(lacking),
+        )
