@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import DenseNet
-from monai.networks.nets.densenet import _DenseBlock, _Transition
 from torch import Tensor, nn
 
 from models.config import ModelConfig
@@ -102,15 +101,8 @@ class _Fusion(nn.Module):
         out = mid + config.fusion_layers * config.growth_rate
         self.fusion = nn.Sequential(
             OrderedDict(
-                transition=_Transition(2, in_channels=2 * trunk_channels, out_channels=mid),
-                denseblock=_DenseBlock(
-                    2,
-                    layers=config.fusion_layers,
-                    in_channels=mid,
-                    bn_size=config.bn_size,
-                    growth_rate=config.growth_rate,
-                    dropout_prob=config.dropout,
-                ),
+                transition=_transition(2 * trunk_channels, mid),
+                denseblock=_dense_block(config, mid),
                 norm=nn.BatchNorm2d(out),
             )
         )
@@ -122,6 +114,40 @@ class _Fusion(nn.Module):
     def forward(self, frontal_maps: Tensor, lateral_maps: Tensor) -> Tensor:
         x = torch.cat([frontal_maps, lateral_maps], dim=1)  # [Bj, 2C, H/16, W/16]
         return self.head(self.fusion(x))  # [Bj, K]
+
+
+def _transition(in_channels: int, out_channels: int) -> nn.Sequential:
+    """DenseNet's transition (norm, relu, 1x1 conv, 2x2 average pool), with MONAI's layer names.
+
+    Ours quarters the channels of the concatenated maps where DenseNet's halve them, so MONAI's
+    (private) transition class cannot be reused through its public network.
+    """
+    return nn.Sequential(
+        OrderedDict(
+            norm=nn.BatchNorm2d(in_channels),
+            relu=nn.ReLU(inplace=True),
+            conv=nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
+            pool=nn.AvgPool2d(kernel_size=2, stride=2),
+        )
+    )
+
+
+def _dense_block(config: ModelConfig, in_channels: int) -> nn.Module:
+    """A dense block of `config.fusion_layers` layers on `in_channels`, taken from MONAI's public DenseNet.
+
+    A one-block DenseNet whose stem gives `in_channels` features has exactly this block as `denseblock1`.
+    """
+    donor = DenseNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        init_features=in_channels,
+        growth_rate=config.growth_rate,
+        block_config=(config.fusion_layers,),
+        bn_size=config.bn_size,
+        dropout_prob=config.dropout,
+    )
+    return donor.features.denseblock1
 
 
 def trunk_channels(config: ModelConfig) -> int:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from models.errors import ModelError
 from pipeline.errors import TwoviewError
@@ -33,7 +34,12 @@ def _sample_data(args: argparse.Namespace) -> int:
     from sample_data.generate import write_dataset
 
     summary = write_dataset(args.out, n_studies=args.studies, seed=args.seed, size=args.size)
-    print(summary)
+    routes = ", ".join(f"{n} {route.replace('_', ' ')}" for route, n in summary.routes.items())
+    findings = ", ".join(f"{name} {n}" for name, n in summary.findings.items())
+    print(
+        f"wrote {summary.studies} phantom studies ({routes}; {summary.files} files) into {summary.out_dir} "
+        f"in {summary.seconds:.1f} s\npositive findings: {findings}\nlabels: {summary.out_dir / 'labels.csv'}"
+    )
     return 0
 
 
@@ -61,17 +67,33 @@ def _predict(args: argparse.Namespace) -> int:
     if args.images is not None and args.manifest is None:
         raise TwoviewError("--images is for --manifest; a FOLDER is scanned as it is")
     source = args.folder if args.manifest is None else read_manifest(args.manifest, args.images, labels=())
-    predict_folder(
+    output = Path(args.output)
+    if not output.parent.exists():
+        log.info("creating the output folder %s", output.parent)
+    summary = predict_folder(
         source,
-        args.output,
+        output,
         args.model,
         batch_size=args.batch_size,
         device=args.device,
         workers=args.workers,
-        fast=not args.no_fast,
+        fast=args.fast,
         shard=parse_shard(args.shard) if args.shard else None,
         deidentify=Deidentifier.from_env() if args.deidentify else None,
     )
+    if summary.studies == 0:
+        raise TwoviewError(
+            f"no studies to predict in {source}"
+            + (
+                f": all {summary.set_aside} files were set aside, see {summary.errors_output}"
+                if summary.set_aside
+                else ": it holds no image files"
+            )
+        )
+    if summary.predicted + summary.skipped == 0:
+        raise TwoviewError(
+            f"none of the {summary.studies} studies could be predicted (no readable view); see {summary.errors_output}"
+        )
     return 0
 
 
@@ -98,7 +120,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="decoding processes (default: spare cores, at most 4; 0: none)",
     )
-    p.add_argument("--no-fast", action="store_true", help="float32 inference (no channels-last, no bfloat16)")
+    p.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the fast path: channels-last and bfloat16 where supported (--no-fast: float32)",
+    )
     p.add_argument("--manifest", help="a manifest CSV (study_id, frontal, lateral) instead of a folder")
     p.add_argument("--images", help="folder the manifest's paths are relative to (default: the manifest's)")
     p.add_argument(
@@ -237,7 +264,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the intervals (0: none)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--fast", action="store_true", help="use the bfloat16 fast path (default: float32)")
+    p.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the fast path: channels-last and bfloat16 where supported (default: --no-fast, float32, "
+        "so reported AUROCs are exact)",
+    )
     p.add_argument("--workers", type=int, help="decoding processes (default: spare cores, at most 4)")
     p.set_defaults(handler=_evaluate)
 
@@ -245,7 +278,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _app(args: argparse.Namespace) -> int:
     """Become `streamlit run app/Home.py` bound to --host:--port (exec: Ctrl-C and SIGTERM reach it directly)."""
     import os
-    from pathlib import Path
 
     entry = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     if not entry.is_file():

@@ -277,8 +277,7 @@ def _check_header(path: Path, ds: Dataset, notes: list[str], *, header_only: boo
 
 def _raise_missing_pixels(path: Path) -> None:
     """No Pixel Data parsed: truncated if the file holds the Pixel Data tag, else no image at all."""
-    data = path.read_bytes()
-    if _PIXEL_DATA_TAG_LE in data or _PIXEL_DATA_TAG_BE in data:
+    if _contains(path, (_PIXEL_DATA_TAG_LE, _PIXEL_DATA_TAG_BE)):
         raise TruncatedPixelDataError(
             path,
             "the pixel data is incomplete (the file ends inside it); it was probably cut short while copying",
@@ -288,6 +287,19 @@ def _raise_missing_pixels(path: Path) -> None:
         "the DICOM file has no image (Pixel Data) in it; it may be a report, a header-only file, "
         "or a file cut short before the image",
     )
+
+
+def _contains(path: Path, needles: tuple[bytes, ...], chunk: int = 1 << 20) -> bool:
+    """Whether any of `needles` occurs in the file, read a chunk at a time (never the whole file at once)."""
+    overlap = max(map(len, needles)) - 1
+    tail = b""
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            window = tail + block
+            if any(needle in window for needle in needles):
+                return True
+            tail = window[-overlap:]
+    return False
 
 
 def _check_modality(path: Path, ds: Dataset, notes: list[str]) -> None:

@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_roc  # n
 from models.names import OUTPUTS  # noqa: E402
 from pipeline.runs import read_metrics  # noqa: E402
 
-__all__ = ["plot_roc_curves", "plot_training_curves"]
+__all__ = ["plot_roc_curves", "plot_training_curves", "roc_figure", "training_figure"]
 
 
 def _epoch_means(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
@@ -28,7 +28,12 @@ def _epoch_means(points: list[tuple[int, float]]) -> tuple[list[int], list[float
 
 
 def plot_training_curves(run_dir: Path, out: Path) -> Path:
-    """Loss (train and validation) and validation AUROC per head, by epoch."""
+    """Loss (train and validation) and validation AUROC per head, by epoch, as a PNG."""
+    return _save(training_figure(run_dir), out)
+
+
+def training_figure(run_dir: Path) -> plt.Figure:
+    """The training-curves figure of a run folder (or one metrics CSV)."""
     series = read_metrics(run_dir)
     fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for name, style in (("train/loss", "-"), ("val/loss", "--")):
@@ -44,16 +49,18 @@ def plot_training_curves(run_dir: Path, out: Path) -> Path:
         if ax.lines:
             ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def plot_roc_curves(
     heads: Mapping[str, torch.Tensor], labels: torch.Tensor, names: Sequence[str], out: Path
 ) -> Path:
-    """One panel per label with the ROC curve of each head on the studies it ran on."""
+    """One panel per label with the ROC curve of each head on the studies it ran on, as a PNG."""
+    return _save(roc_figure(heads, labels, names), out)
+
+
+def roc_figure(heads: Mapping[str, torch.Tensor], labels: torch.Tensor, names: Sequence[str]) -> plt.Figure:
+    """The ROC figure: one panel per label, one curve per head, each legend entry with its AUROC."""
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
@@ -76,6 +83,10 @@ def plot_roc_curves(
             ax.legend(loc="lower right")
     for k in range(len(names), rows * cols):
         axes[k // cols][k % cols].axis("off")
+    return fig
+
+
+def _save(fig: plt.Figure, out: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -45,6 +45,15 @@ __all__ = ["TrainError", "TrainResult", "TrainSettings", "TwoViewModule", "fit"]
 
 log = logging.getLogger(__name__)
 
+# Importing `lightning` gives its logger a console handler of its own; where the program configured
+# logging already (the CLI does), that printed every Lightning message twice. Ours prints them once,
+# without the advertising tip Lightning logs at each fit.
+if logging.getLogger().handlers:
+    logging.getLogger("lightning").handlers.clear()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB}")
+)
+
 MONITOR = "val/auroc"  # macro AUROC of the final prediction
 
 
@@ -320,5 +329,8 @@ def _finish(settings: TrainSettings, out: Path, data: StudyDataModule, trainer: 
     write_atomic(out / "report.md", report.to_markdown(f"Validation report: {out.name}"))
     write_merged_metrics(out)
     plot_training_curves(out, out / "curves.png")
-    log.info("best model: %s (validation macro AUROC %s)", best_path, report.heads["final"].macro)
+    macro = report.heads["final"].macro
+    log.info(
+        "best model: %s (validation macro AUROC %s)", best_path, "n/a" if macro is None else f"{macro:.3f}"
+    )
     return TrainResult(out, best_path, report, trainer.current_epoch)

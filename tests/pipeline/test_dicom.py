@@ -202,3 +202,13 @@ def test_damaged_files_only_raise_image_errors(
         return
     assert image.pixels.dtype == np.float32 and image.pixels.ndim == 2
     assert np.isfinite(image.pixels).all() and 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+
+
+def test_the_pixel_data_tag_is_found_across_chunk_edges(tmp_path):
+    from pipeline.dicom import _contains
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 9 + b"\xe0\x7f\x10\x00" + b"y" * 20)
+    for chunk in (4, 5, 8, 10, 11, 64):
+        assert _contains(path, (b"\xe0\x7f\x10\x00",), chunk=chunk)
+    assert not _contains(path, (b"\x7f\xe0\x00\x10",), chunk=5)
