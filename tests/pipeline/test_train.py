@@ -194,3 +194,19 @@ def test_too_few_positives_to_validate(tmp_path):
         writer.writerows(rows)
     with pytest.raises(TrainError, match="too few positives to validate"):
         fit(settings(tmp_path / "o", manifest=str(bad), images_dir=str(SAMPLES)))
+
+
+def test_a_start_from_imported_weights_takes_their_normalisation(tmp_path):
+    from models.config import ModelConfig
+    from models.errors import PretrainedError
+    from models.importing import import_weights
+    from pipeline.train import build_model
+    from tests.models.xrv_standin import TINY, save_release
+
+    weights = tmp_path / "xrv.safetensors"
+    import_weights(save_release(tmp_path / "xrv.pt", sizes=TINY), weights, expect=ModelConfig.tiny())
+    net = build_model(settings(tmp_path / "run", start=str(weights)), ("nodule", "effusion"))
+    assert (net.config.norm_mean, net.config.norm_std) == (0.5, 1 / 2048)
+    assert net.config.labels == ("nodule", "effusion")
+    with pytest.raises(PretrainedError, match="this model needs stem 64"):
+        build_model(settings(tmp_path / "run", start=str(weights), arch="densenet121"), ("nodule",))
