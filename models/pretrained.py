@@ -59,7 +59,7 @@ _TAIL = ("transition3.", "denseblock4.", "norm5.")
 
 @dataclass(frozen=True)
 class InputNorm:
-    """`(x - mean) / std` of pixels in [0, 1]: the normalisation giving the scale a network's features know."""
+    """`(x - mean) / std` of pixels in [0, 1]: the normalisation that gives the scale features know."""
 
     mean: float
     std: float
