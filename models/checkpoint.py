@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from models.atomic import atomic_path
 from models.config import ModelConfig
 from models.errors import CheckpointError, ConfigError
+from models.pretrained import IMPORTED_FORMAT
 from models.twoview import TwoViewNet
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "describe", "load", "read_config", "read_metadata", "save"]
@@ -74,6 +75,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: the .safetensors header is not valid JSON") from err
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if isinstance(metadata, dict) and metadata.get("format") == IMPORTED_FORMAT:
+        raise CheckpointError(
+            f"{path}: pretrained DenseNet weights (from 'twoview import-weights'), not a trained twoview "
+            f"model; fine-tune one from them with 'twoview train --start {path}'"
+        )
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: a .safetensors file, but not a twoview checkpoint (no twoview metadata)"

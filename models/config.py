@@ -8,7 +8,7 @@ from typing import Any
 
 from models.errors import ConfigError
 
-__all__ = ["DEFAULT_LABELS", "FUSIONS", "ModelConfig"]
+__all__ = ["DEFAULT_LABELS", "FUSIONS", "SYNTHETIC_NOTICE", "ModelConfig"]
 
 #: The findings the bundled phantom data and demo model know.
 DEFAULT_LABELS: tuple[str, ...] = (
@@ -20,6 +20,11 @@ DEFAULT_LABELS: tuple[str, ...] = (
 )
 #: How the joint path merges the two block-3 feature maps.
 FUSIONS = ("concat",)
+#: What every output of a model trained on synthetic data alone says, in one plain sentence.
+SYNTHETIC_NOTICE = (
+    "This model was trained on synthetic phantom images only and has never seen a real patient: "
+    "its probabilities mean nothing for real radiographs."
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class ModelConfig:
     norm_mean: float = 0.5  # pixels in [0, 1] are normalised as (x - mean) / std
     norm_std: float = 0.25
     thresholds: dict[str, float] = field(default_factory=dict)  # per-label decision thresholds
+    trained_on: str = ""  # what the weights were trained on, in words ("" for untrained weights)
+    synthetic_only: bool = False  # every training study was synthetic: outputs mean nothing for patients
     provenance: dict[str, Any] = field(default_factory=dict)  # training data, metrics, where it came from
 
     def __post_init__(self) -> None:
@@ -77,6 +84,8 @@ class ModelConfig:
             raise ConfigError("dropout and head_dropout must be in [0, 1)")
         if not self.norm_std > 0:
             raise ConfigError(f"norm_std must be positive, got {self.norm_std}")
+        if not isinstance(self.trained_on, str) or not isinstance(self.synthetic_only, bool):
+            raise ConfigError("trained_on must be text and synthetic_only true or false")
         unknown = set(self.thresholds) - set(self.labels)
         if unknown:
             raise ConfigError(f"thresholds given for unknown labels: {sorted(unknown)}")
@@ -84,6 +93,11 @@ class ModelConfig:
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def notice(self) -> str | None:
+        """The sentence every display of this model's outputs must carry, if any."""
+        return SYNTHETIC_NOTICE if self.synthetic_only else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

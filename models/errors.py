@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "ModelError", "PretrainedError"]
+__all__ = ["CheckpointError", "ConfigError", "DownloadError", "ModelError", "PretrainedError"]
 
 
 class ModelError(Exception):
@@ -19,3 +19,7 @@ class CheckpointError(ModelError):
 
 class PretrainedError(ModelError):
     """Pretrained weights that cannot be fetched, verified or mapped onto the network."""
+
+
+class DownloadError(PretrainedError):
+    """Weights that could not be downloaded at all (no network, server down): not a bad file."""

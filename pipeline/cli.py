@@ -16,7 +16,7 @@ from pathlib import Path
 
 from models.errors import ModelError
 from pipeline.errors import TwoviewError
-from pipeline.settings import TrainSettings, cli_flag
+from pipeline.settings import ARCHITECTURES, TrainSettings, cli_flag
 
 __all__ = ["build_parser", "main"]
 
@@ -275,6 +275,51 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_evaluate)
 
 
+def _import_weights(args: argparse.Namespace) -> int:
+    from models.config import ModelConfig
+    from models.importing import import_weights
+    from models.pretrained import InputNorm
+
+    norm = None
+    if args.norm is not None:
+        norm = InputNorm(args.norm[0], args.norm[1], "given with --norm")
+    expect = ModelConfig.tiny() if args.arch == "tiny" else ModelConfig()
+    report = import_weights(args.source, args.output, args.sha256, expect=expect, norm=norm)
+    print(report.summary())
+    print(f"start training from it: twoview train --start {report.output} ...")
+    return 0
+
+
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-weights",
+        help="convert DenseNet121 weights (TorchXRayVision, torchvision, MONAI; file or URL) for --start",
+        description="Read DenseNet121 weights without running code from the file: a TorchXRayVision release "
+        "(a pickled model), or a torchvision or MONAI state dict (.pth, .pt, .safetensors), from a file or "
+        "a URL (downloaded once into the cache and checked against --sha256). Write them as a .safetensors "
+        "state dict that records their source and the input normalisation they expect, for "
+        "'twoview train --start OUT.safetensors'.",
+    )
+    p.add_argument("source", metavar="FILE_OR_URL", help="the weights file, or an http(s) URL")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    p.add_argument("--sha256", help="SHA-256 of the source file (required for a URL; checked for a file)")
+    p.add_argument(
+        "--arch",
+        default="densenet121",
+        choices=ARCHITECTURES,
+        help="the network size the weights must have (default: densenet121)",
+    )
+    p.add_argument(
+        "--norm",
+        type=float,
+        nargs=2,
+        metavar=("MEAN", "STD"),
+        help="record this normalisation of [0, 1] pixels instead of the source layout's (TorchXRayVision: "
+        "0.5 0.00048828125, i.e. [-1024, 1024]; torchvision and MONAI: ImageNet's 0.449 0.226)",
+    )
+    p.set_defaults(handler=_import_weights)
+
+
 def _app(args: argparse.Namespace) -> int:
     """Become `streamlit run app/Home.py` bound to --host:--port (exec: Ctrl-C and SIGTERM reach it directly)."""
     import os
@@ -316,6 +361,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_sample_data,
     _add_predict,
     _add_train,
+    _add_import_weights,
     _add_evaluate,
     _add_merge,
     _add_app,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,11 +19,17 @@ from torch.utils.data import DataLoader
 
 from models.config import ModelConfig
 from pipeline.data import StudyDataset, collate
-from pipeline.errors import TrainError
+from pipeline.dicom import read_header
+from pipeline.errors import ImageError, TrainError
 from pipeline.manifest import Manifest, read_manifest
 from pipeline.settings import TrainSettings
+from pipeline.studies import Study
 
-__all__ = ["StudyDataModule", "patient_split", "split_manifests"]
+__all__ = ["PHANTOM_DEVICE", "StudyDataModule", "all_synthetic", "patient_split", "split_manifests"]
+
+#: Manufacturer and ManufacturerModelName that `twoview sample-data` writes into every phantom file.
+PHANTOM_DEVICE = "twoview phantom"
+_SYNTHETIC_SAMPLE = 200  # files whose headers are read to tell a phantom dataset
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +151,19 @@ def _check_validatable(train: Manifest, val: Manifest, labels: tuple[str, ...]) 
             "%s cannot be both trained and validated (too few positives); their AUROC will be n/a",
             ", ".join(lacking),
         )
+
+
+def all_synthetic(studies: Sequence[Study], sample: int = _SYNTHETIC_SAMPLE) -> bool:
+    """True when the studies are our synthetic phantoms (tagged `PHANTOM_DEVICE`), judged on up to `sample`
+    files spread over the list. Unreadable files and pictures without tags do not count as synthetic."""
+    sources = [source for study in studies for source in study.sources]
+    if not sources:
+        return False
+    step = max(1, len(sources) // sample)
+    for source in sources[::step]:
+        try:
+            if read_header(source.path).device != PHANTOM_DEVICE:
+                return False
+        except ImageError:
+            return False
+    return True

@@ -113,6 +113,7 @@ class XrayImage:
     study_description: str = ""
     number_of_frames: int = 1
     view_code_meaning: str = ""  # View Code Sequence's CodeMeaning, e.g. "postero-anterior"
+    device: str = ""  # Manufacturer and ManufacturerModelName, e.g. "twoview phantom" for our phantoms
 
     @property
     def is_dicom(self) -> bool:
@@ -637,6 +638,7 @@ def _metadata(ds: Dataset, path: Path, pixels: np.ndarray, notes: list[str]) -> 
         study_description=_text(ds, "StudyDescription"),
         number_of_frames=max(_int(ds.get("NumberOfFrames", 1)) or 1, 1),
         view_code_meaning=_view_code_meaning(ds),
+        device=" ".join(filter(None, (_text(ds, "Manufacturer"), _text(ds, "ManufacturerModelName")))),
     )
     return _finish(image, notes)
 

@@ -104,7 +104,10 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else Path(manifest).with_name("evaluation")
     out.mkdir(parents=True, exist_ok=True)
     title = f"Evaluation of {model_path.name} on {Path(manifest).name}"
+    report.notice = config.notice
     write_atomic(out / "report.md", report.to_markdown(title))
+    if config.notice:
+        log.warning("%s", config.notice)
     payload = {"model": str(model_path), "manifest": str(manifest), "bootstrap_rounds": bootstrap}
     write_atomic(out / "report.json", json.dumps({**payload, **report.to_dict()}, indent=2))
     plot_roc_curves(predictions.heads, predictions.labels, config.labels, out / "roc_curves.png")

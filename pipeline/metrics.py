@@ -118,12 +118,16 @@ class EvaluationReport:
     two_view_frontal_vs_joint: dict[str, HeadMetrics]
     thresholds: dict[str, float]
     route_counts: dict[str, int]
+    notice: str | None = None  # the model's synthetic-only sentence, shown under the title
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_markdown(self, title: str = "Validation report") -> str:
+        """The report as Markdown; the notice, if any, right under the title."""
         lines = [f"# {title}", ""]
+        if self.notice:
+            lines += [f"> **{self.notice}**", ""]
         counts = ", ".join(f"{k}: {v}" for k, v in self.route_counts.items())
         lines += [f"Studies by route: {counts}.", ""]
         lines += _table("AUROC by head (each head on the studies it ran on)", self.labels, self.heads)

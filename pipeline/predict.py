@@ -62,6 +62,7 @@ class PredictSummary:
     routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
     set_aside: int = 0  # files: set aside by the scan plus those that failed to decode
     seconds: float = 0.0
+    notice: str | None = None  # the model's synthetic-only sentence
 
     @property
     def studies_per_second(self) -> float:
@@ -79,6 +80,8 @@ class PredictSummary:
             text += f"; {self.failed} failed (no readable view)"
         if self.set_aside or self.failed:
             text += f"; {self.set_aside} files set aside, see {self.errors_output}"
+        if self.notice:
+            text += f". {self.notice}"
         return text
 
 
@@ -344,6 +347,9 @@ def _predict_folder(
     workers = _check_settings(batch_size, workers)
     summary = PredictSummary(out_path, errors_path(out_path), Path(model_path or "(given predictor)"))
     summary.studies = len(studies)
+    summary.notice = predictor.config.notice
+    if summary.notice:
+        logger.warning("%s", summary.notice)
     key = str
     if deidentify is not None:
         deidentify.learn(studies, set_aside)

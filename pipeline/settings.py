@@ -43,9 +43,10 @@ class TrainSettings:
     )
     val_fraction: float = option(0.2, "share of studies for validation when splitting --manifest")
     start: str = option(
-        "demo",
-        "starting weights: 'demo' (the bundled demo model), 'scratch', a twoview .safetensors, "
-        "or a DenseNet121 state dict file or URL",
+        "imagenet",
+        "starting weights: 'imagenet' (torchvision's ImageNet DenseNet121, downloaded once), 'demo' (the "
+        "bundled demo model, trained on synthetic phantoms only), 'scratch', a twoview .safetensors, or "
+        "DenseNet121 weights (a file from 'twoview import-weights', a state dict, or a URL)",
     )
     pretrained_sha256: str | None = option(None, "SHA-256 of the --start weights (required for a URL)")
     arch: str = option(

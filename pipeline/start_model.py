@@ -1,4 +1,4 @@
-"""The network a training run starts from: the demo model, a twoview checkpoint, DenseNet121 weights, or scratch."""
+"""The network a training run starts from: ImageNet or other DenseNet121 weights, the demo model, a checkpoint, or scratch."""
 
 from __future__ import annotations
 
@@ -8,40 +8,69 @@ from pathlib import Path
 
 from models import checkpoint
 from models.config import ModelConfig
-from models.errors import CheckpointError
-from models.pretrained import load_pretrained
+from models.errors import CheckpointError, DownloadError
+from models.pretrained import IMAGENET_DENSENET121, fetch_pinned, load_pretrained
 from models.twoview import TwoViewNet
 from pipeline.errors import TrainError
 from pipeline.predict import DEMO_MODEL
 from pipeline.settings import ARCHITECTURES, TrainSettings
 
-__all__ = ["build_start_model"]
+__all__ = ["STARTS", "build_start_model"]
+
+#: Starts named by a word rather than a file.
+STARTS = ("imagenet", "demo", "scratch")
 
 log = logging.getLogger(__name__)
 
 
 def build_start_model(settings: TrainSettings, labels: tuple[str, ...]) -> TwoViewNet:
-    """The starting network: demo model, a twoview checkpoint, a pretrained DenseNet121, or scratch."""
+    """The starting network: ImageNet or other DenseNet121 weights, the demo model, a checkpoint, or scratch.
+
+    What was used, in words, is left in `config.provenance["start"]`.
+    """
     start = settings.start
     if start == "demo":
         if not DEMO_MODEL.is_file():
             raise TrainError(f"the demo model {DEMO_MODEL} is not there; use --start scratch or a checkpoint")
         start = str(DEMO_MODEL)
-    if start != "scratch" and start.endswith(".safetensors") and _is_twoview(start):
+    if start not in STARTS and start.endswith(".safetensors") and _is_twoview(start):
         if settings.arch != TrainSettings.defaults()["arch"]:
             raise TrainError(
                 f"--arch {settings.arch} cannot apply: {start} is a twoview checkpoint and brings its own "
                 "network; use --arch with --start scratch or a DenseNet121 weights file"
             )
-        return _from_checkpoint(Path(start), labels, settings.image_size)
+        return _with_start(_from_checkpoint(Path(start), labels, settings.image_size), settings.start)
     if settings.arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture {settings.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
     base = ModelConfig.tiny() if settings.arch == "tiny" else ModelConfig()
     config = replace(base, labels=labels, image_size=settings.image_size or base.image_size)
     net = TwoViewNet(config)
-    if start != "scratch":
+    if start == "scratch":
+        return _with_start(net, "scratch (random weights)")
+    if start == "imagenet":
+        try:
+            source = str(fetch_pinned(IMAGENET_DENSENET121))
+        except DownloadError as err:
+            log.warning(
+                "%s; training starts from random weights instead. To choose, pass --start: DenseNet121 "
+                "weights (a file from 'twoview import-weights', or a URL with --pretrained-sha256), 'demo' "
+                "(the synthetic demo model) or 'scratch'",
+                err,
+            )
+            return _with_start(
+                net, f"scratch (random weights: {IMAGENET_DENSENET121.name} could not be downloaded)"
+            )
+        report = load_pretrained(net, source)
+        described = IMAGENET_DENSENET121.name
+    else:
         report = load_pretrained(net, start, sha256=settings.pretrained_sha256)
-        log.info(report.summary())
+        described = f"{start} ({report.layout} DenseNet weights)"
+    log.info(report.summary())
+    return _with_start(net, described)
+
+
+def _with_start(net: TwoViewNet, described: str) -> TwoViewNet:
+    net.config = replace(net.config, provenance={"start": described})
     return net
 
 

@@ -31,7 +31,7 @@ from models.losses import HeadWeights, LossSchedule, MultiViewLoss, class_pos_we
 from models.names import OUTPUTS, Route
 from models.twoview import TwoViewNet
 from pipeline.data import ViewBatch
-from pipeline.datamodule import StudyDataModule
+from pipeline.datamodule import StudyDataModule, all_synthetic
 from pipeline.errors import TrainError
 from pipeline.evaluate import score
 from pipeline.manifest import read_manifest
@@ -314,17 +314,31 @@ def _finish(settings: TrainSettings, out: Path, data: StudyDataModule, trainer: 
         raise TrainError(f"training ended before any validation; no model was written to {out}")
     net = checkpoint.load(best_path)
     report = score(net, data.val_set, batch_size=settings.batch_size, bootstrap=200)
+    synthetic = all_synthetic(data.train_manifest.studies + data.val_manifest.studies)
+    start = net.config.provenance.get("start", settings.start)
+    trained_on = (
+        f"{len(data.train_manifest)} training and {len(data.val_manifest)} validation studies from "
+        f"{Path(settings.manifest).name}{' (synthetic phantoms)' if synthetic else ''}, "
+        f"starting from {start}"
+    )
     provenance = {
-        "trained_on": str(settings.manifest),
+        "manifest": str(settings.manifest),
         "train_studies": len(data.train_manifest),
         "val_studies": len(data.val_manifest),
         "epochs_run": trainer.current_epoch,
-        "start": settings.start,
+        "start": start,
         "val_auroc_macro": report.heads["final"].macro,
         "val_auroc": report.heads["final"].auroc,
     }
-    config = replace(net.config, thresholds=report.thresholds, provenance=provenance)
+    config = replace(
+        net.config,
+        thresholds=report.thresholds,
+        provenance=provenance,
+        trained_on=trained_on,
+        synthetic_only=synthetic,
+    )
     checkpoint.save(net, best_path, config=config)
+    report.notice = config.notice
     write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2))
     write_atomic(out / "report.md", report.to_markdown(f"Validation report: {out.name}"))
     write_merged_metrics(out)

@@ -18,6 +18,7 @@ from pipeline.settings import ARCHITECTURES, TrainSettings
 state = st.session_state
 HEAD_WEIGHTS = ("joint", "frontal", "lateral")  # the order of `TrainSettings.head_weights_*`
 STARTS = {
+    "ImageNet DenseNet121 (downloaded once)": "imagenet",
     "the active model": "active",
     "scratch (random weights)": "scratch",
     "another checkpoint, DenseNet121 weights or URL": "other",
@@ -131,7 +132,7 @@ def options_input(active: Path) -> dict[str, object]:
     size = None
     if four.checkbox("Set the image size", help="Otherwise the starting model's size is kept."):
         size = int(four.number_input("Image size (px)", 32, 2048, 224, step=32))
-    start_name = st.selectbox("Starting model", list(STARTS), index=0 if common.model_ready(active) else 1)
+    start_name = st.selectbox("Starting model", list(STARTS), index=0)
     start = STARTS[start_name]
     arch = default["arch"]
     if start == "active":

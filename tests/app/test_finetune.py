@@ -18,6 +18,8 @@ def widget(elements, label: str):
 def fill_tiny_run(at):
     widget(at.selectbox, "Starting model").set_value("scratch (random weights)").run()
     widget(at.selectbox, "Network").set_value("tiny")
+    widget(at.checkbox, "Set the image size").check()
+    at.run()
     for label, value in (("Epochs", 1), ("Batch size", 8), ("Image size (px)", 64), ("Decoding workers", 0)):
         widget(at.number_input, label).set_value(value)
     return at.run()

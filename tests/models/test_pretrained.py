@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import re
-import threading
-from functools import partial
 
 import pytest
 import torch
@@ -14,7 +11,7 @@ from monai.networks.nets import DenseNet
 from safetensors.torch import save_file
 
 from models import ModelConfig, PretrainedError, TwoViewNet
-from models.pretrained import fetch, load_pretrained
+from models.pretrained import INPUT_NORMS, fetch, load_pretrained
 
 CONFIG = ModelConfig.tiny()
 
@@ -81,6 +78,8 @@ def test_each_layout_loads_into_both_branches(tmp_path, layout, name):
     net = TwoViewNet(CONFIG)
     report = load_pretrained(net, path)
     assert report.layout == name
+    # The model takes the input scale the layout's published weights were trained with.
+    assert (net.config.norm_mean, net.config.norm_std) == (INPUT_NORMS[name].mean, INPUT_NORMS[name].std)
     ours = net.state_dict()
     stem = state["features.conv0.weight"]
     for branch in ("frontal", "lateral"):
@@ -128,28 +127,6 @@ def test_unrelated_weights_are_an_error(tmp_path):
         load_pretrained(TwoViewNet(CONFIG), tmp_path / "nope.pth")
 
 
-@pytest.fixture
-def server(tmp_path):
-    """A static file server on 127.0.0.1 that counts its requests."""
-    root = tmp_path / "served"
-    root.mkdir()
-    hits: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            hits.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    httpd.shutdown()
-
-
 def test_download_is_cached_and_checked(tmp_path, server):
     root, base, hits = server
     path, _ = write_layout(root, "torchvision")
@@ -172,8 +149,8 @@ def test_download_is_cached_and_checked(tmp_path, server):
         fetch(f"{base}/missing.pth", digest, cache)
 
 
-def test_a_pickled_model_object_is_refused(tmp_path):
+def test_a_pickled_model_object_other_than_torchxrayvisions_is_refused(tmp_path):
     path = tmp_path / "whole-model.pt"
     torch.save(DenseNet(spatial_dims=2, in_channels=1, out_channels=2, block_config=(1, 1, 1, 1)), path)
-    with pytest.raises(PretrainedError, match="cannot read a state dict"):
+    with pytest.raises(PretrainedError, match=r"refused: the file asks for `monai\.networks\.nets\.densenet"):
         load_pretrained(TwoViewNet(CONFIG), path)

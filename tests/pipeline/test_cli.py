@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pipeline import cli
@@ -76,10 +77,49 @@ def test_train_help_shows_the_defaults_of_train_settings():
     done = cli_run("train", "--help")
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
-    assert "(default: 20)" in text and "(default: 0.3 1.0 1.0)" in text and "(default: demo)" in text
+    assert "(default: 20)" in text and "(default: 0.3 1.0 1.0)" in text and "(default: imagenet)" in text
 
 
 def test_sample_data_prints_a_readable_summary(tmp_path):
     done = cli_run("sample-data", "--out", str(tmp_path / "s"), "--studies", "3", "--size", "128")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wrote 3 phantom studies") and "DatasetSummary" not in done.stdout
+
+
+def test_import_weights_then_train_from_them(tmp_path):
+    """A TorchXRayVision-style release, imported where torchxrayvision cannot be imported, starts a run
+    whose model keeps TorchXRayVision's input scale for training and for later predictions."""
+    from models.checkpoint import read_config
+    from pipeline.transforms import normalise_transform
+    from tests.models.xrv_standin import TINY, run_without_xrv, save_release
+    from tests.pipeline.test_train import MANIFEST
+
+    release = save_release(tmp_path / "xrv-tiny.pt", sizes=TINY, era="2019")
+    weights = tmp_path / "xrv.safetensors"
+    args = ["import-weights", str(release), "-o", str(weights), "--arch", "tiny"]
+    done = run_without_xrv(f"from pipeline.cli import main; sys.exit(main({args!r}))")
+    assert done.returncode == 0, done.stderr
+    assert "imported TorchXRayVision weights" in done.stdout and "[-1024, 1024]" in done.stdout
+    assert "(x - 0.5) / 0.000488281" in done.stdout
+
+    out = tmp_path / "run"
+    trained = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "train", "--manifest", str(MANIFEST), "--out", str(out), "--arch", "tiny",
+         "--start", str(weights), "--image-size", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "TorchXRayVision layout" in trained.stderr
+    config = read_config(out / "best.safetensors")
+    assert (config.norm_mean, config.norm_std) == (0.5, 1 / 2048)
+    scaled = normalise_transform(config)(np.array([[[0.0, 0.5, 1.0]]], dtype=np.float32))
+    assert scaled.flatten().tolist() == [-1024.0, 0.0, 1024.0]
+
+
+def test_import_weights_errors_are_one_line(tmp_path):
+    url = run("import-weights", "http://127.0.0.1:9/w.pt", "-o", str(tmp_path / "w.safetensors"))
+    assert url.returncode == 2 and "a SHA-256" in url.stderr and "Traceback" not in url.stderr
+    (tmp_path / "notes.pt").write_text("not weights")
+    bad = run("import-weights", str(tmp_path / "notes.pt"), "-o", str(tmp_path / "w.safetensors"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a torch file" in bad.stderr
+    assert not (tmp_path / "w.safetensors").exists()

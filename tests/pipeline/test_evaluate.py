@@ -12,6 +12,7 @@ import torch
 
 from models import ModelConfig, TwoViewNet
 from models.checkpoint import save
+from models.config import SYNTHETIC_NOTICE
 from pipeline.errors import TwoviewError
 from pipeline.evaluate import evaluate
 
@@ -38,7 +39,17 @@ def test_evaluate_writes_a_report_with_intervals_and_curves(tmp_path, tiny_check
     assert set(saved["heads"]) == {"final", "joint", "frontal", "lateral"}
     text = (out / "report.md").read_text()
     assert "frontal head alone vs the joint head" in text
+    assert SYNTHETIC_NOTICE not in text and saved["notice"] is None
     assert (out / "roc_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_synthetic_only_model_says_so_under_the_report_title(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(synthetic_only=True, trained_on="phantoms")
+    model = save(TwoViewNet(config), tmp_path / "phantom-only.safetensors")
+    evaluate(SAMPLES / "labels.csv", model, tmp_path / "report", bootstrap=0, workers=0)
+    lines = (tmp_path / "report" / "report.md").read_text().splitlines()
+    assert lines[0].startswith("# Evaluation of phantom-only.safetensors") and SYNTHETIC_NOTICE in lines[2]
 
 
 def test_manifest_without_the_models_labels_is_refused(tmp_path, tiny_checkpoint):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from models.checkpoint import save
-from models.config import ModelConfig
+from models.config import SYNTHETIC_NOTICE, ModelConfig
 from models.names import HEADS
 from models.twoview import TwoViewNet
 from pipeline import cli, predict
@@ -114,6 +114,16 @@ def test_predict_folder_csv_routes_probabilities_errors_and_summary(folder, chec
     assert summary.routes == {"joint": 1, "frontal": 2, "lateral": 1}
     assert summary.set_aside == 4
     assert "4 studies (1 joint, 2 frontal, 1 lateral)" in str(summary) and "1 failed" in str(summary)
+    assert summary.notice is None and "synthetic" not in str(summary)
+
+
+def test_a_synthetic_only_model_says_so_in_the_summary(folder, tmp_path, caplog):
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(labels=LABELS, synthetic_only=True, trained_on="phantoms")
+    model = save(TwoViewNet(config), tmp_path / "phantom-only.safetensors")
+    with caplog.at_level(logging.WARNING):
+        summary = predict_folder(folder, tmp_path / "out.csv", model, device="cpu", workers=0)
+    assert str(summary).endswith(SYNTHETIC_NOTICE) and SYNTHETIC_NOTICE in caplog.text
 
 
 def test_cli_predict_jsonl_with_a_decoding_worker(folder, checkpoint, tmp_path, caplog):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from models.checkpoint import load, read_config
+from models.config import SYNTHETIC_NOTICE
 from models.losses import MultiViewLoss
 from pipeline.data import StudyDataset, collate
 from pipeline.datamodule import patient_split
@@ -99,6 +100,8 @@ def test_training_lowers_the_loss_and_leaves_a_complete_run(tmp_path):
         read_manifest(MANIFEST)
     )
     assert set(config.thresholds) <= set(config.labels) and config.thresholds
+    assert config.synthetic_only and "(synthetic phantoms), starting from scratch" in config.trained_on
+    assert SYNTHETIC_NOTICE in (out / "report.md").read_text()
     net = load(out / "best.safetensors")
     assert net.config.labels == tuple(read_manifest(MANIFEST).label_names)
     assert result.report.heads["final"].n == config.provenance["val_studies"]
@@ -220,3 +223,19 @@ def test_an_architecture_cannot_be_forced_on_a_checkpoint_start(tmp_path):
     fit(settings(first, epochs=1))
     with pytest.raises(TrainError, match="--arch tiny cannot apply"):
         fit(settings(tmp_path / "second", start=str(first / "best.safetensors")))
+
+
+def test_a_start_from_imported_weights_takes_their_normalisation(tmp_path):
+    from models.config import ModelConfig
+    from models.errors import PretrainedError
+    from models.importing import import_weights
+    from pipeline.start_model import build_start_model
+    from tests.models.xrv_standin import TINY, save_release
+
+    weights = tmp_path / "xrv.safetensors"
+    import_weights(save_release(tmp_path / "xrv.pt", sizes=TINY), weights, expect=ModelConfig.tiny())
+    net = build_start_model(settings(tmp_path / "run", start=str(weights)), ("nodule", "effusion"))
+    assert (net.config.norm_mean, net.config.norm_std) == (0.5, 1 / 2048)
+    assert net.config.labels == ("nodule", "effusion")
+    with pytest.raises(PretrainedError, match="this model needs stem 64"):
+        build_start_model(settings(tmp_path / "run", start=str(weights), arch="densenet121"), ("nodule",))
