@@ -23,6 +23,7 @@ from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.plots import plot_roc_curves
 from pipeline.predict import Predictor, default_workers, load_model
+from pipeline.progress import progress_bar
 
 __all__ = ["LabelledPredictions", "evaluate", "predict_labelled", "score"]
 
@@ -46,15 +47,17 @@ def predict_labelled(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
     heads: dict[str, list[torch.Tensor]] = {h: [] for h in OUTPUTS}
     labels, routes, ids = [], [], []
-    for batch in loader:
-        if len(batch) == 0:
-            continue
-        probs = predictor.predict_batch(batch)
-        for h in OUTPUTS:
-            heads[h].append(probs.head(h))
-        labels.append(batch.labels)
-        routes += probs.routes
-        ids += batch.study_ids
+    with progress_bar(len(dataset), "studies") as progress:
+        for batch in loader:
+            progress.update(len(batch))
+            if len(batch) == 0:
+                continue
+            probs = predictor.predict_batch(batch)
+            for h in OUTPUTS:
+                heads[h].append(probs.head(h))
+            labels.append(batch.labels)
+            routes += probs.routes
+            ids += batch.study_ids
     if not labels:
         raise TwoviewError("none of the studies could be read, so nothing was evaluated")
     return LabelledPredictions({h: torch.cat(v) for h, v in heads.items()}, torch.cat(labels), routes, ids)
