@@ -97,6 +97,7 @@ say "2. $two"
 t=$(date +%s)
 rc=0
 nice "${chrooted[@]}" bash -c "cd /root/twoview && $two" >>"$log" 2>&1 || rc=$?
+say "torch in .venv: $("${chrooted[@]}" /root/twoview/.venv/bin/python -c 'import torch; print(torch.__version__)')"
 say "2. exit $rc after $(($(date +%s) - t)) s: $(grep -E '^=+ .*(passed|failed|error).* =+$' "$log" | tail -n 1)"
 say "total $(($(date +%s) - start)) s"
 exit "$rc"
