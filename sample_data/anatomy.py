@@ -329,6 +329,15 @@ def grid_for(patient: Patient) -> Grid:
     return Grid(depth_mm=float(y1 - y0), y0_mm=float(y0))
 
 
+def _columns(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patient x and y of every (y, x) column, ``[1, y, x]`` each."""
+    shape = (1, len(y), len(x))
+    return (
+        np.broadcast_to(x[None, None, :], shape).astype(np.float32),
+        np.broadcast_to(y[None, :, None], shape).astype(np.float32),
+    )
+
+
 def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     """Build the patient's attenuation volume; deterministic in ``patient``."""
     from sample_data.skeleton import rib_samples
@@ -337,15 +346,13 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     lm = _landmarks(patient)
     rng = np.random.default_rng(patient.seed)
     z, y, x = grid.axes()
-    px = np.broadcast_to(x[None, None, :], (1, len(y), len(x))).astype(np.float32)
-    py = np.broadcast_to(y[None, :, None], (1, len(y), len(x))).astype(np.float32)
+    px, py = _columns(x, y)
     zz = z[:, None, None]
     s = patient.scale
 
     a, b = _cage_axes(z, lm)
     a3, b3 = a[:, None, None], b[:, None, None]
-    rho = np.sqrt((px / a3) ** 2 + ((py - lm["cage_yc"]) / b3) ** 2)
-    cavity = (rho < 1.0) & (zz > lm["cage_top"])
+    cavity = ((px / a3) ** 2 + ((py - lm["cage_yc"]) / b3) ** 2 < 1.0) & (zz > lm["cage_top"])
 
     # Body outline: a superellipse (flatter front and back than an ellipse, so a lateral film is dense
     # right up to its anterior and posterior skin), a neck above the cage and a belly below the domes.
@@ -358,12 +365,17 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     ) ** p  # [z, y]
     rb_p = along[:, :, None] + across[:, None, :]
     inside = rb_p < 1.0
-    mu = np.where(inside, MU["soft"], MU["air"]).astype(np.float32)
+    mu = np.zeros(inside.shape, np.float32)
+    mu[inside] = MU["soft"]
     mu[inside & (rb_p > (1.0 - lm["fat"]) ** p)] = MU["fat"]
 
     dome = _dome_surface(px, py, lm)
     lung = cavity & (zz < dome)
     # Mediastinum: a narrow band in front of the spine; heart and great vessels shape its borders.
+    # It and the spine's space lie within a central band of columns, which is all that is computed.
+    cols = np.flatnonzero(np.abs(x) < 36.0 * s + abs(lm["scoliosis"]) + 8.0)
+    band = slice(int(cols[0]), int(cols[-1]) + 1)
+    px, py = px[:, :, band], py[:, :, band]
     upper = np.clip((lm["carina"] + 30.0 - z) / 60.0, 0.0, 1.0)
     # An elliptical cylinder in cross-section (sternum to spine), so the lungs meet it along curved
     # pleura and its projected borders fade in over a few millimetres instead of a hard straight edge.
@@ -380,9 +392,10 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     spine_zone = (((px - sx) / (28.0 * s)) ** 2 + ((py - sy) / (30.0 * s)) ** 2 < 1.0) | (
         (np.abs(px - sx) < 14.0 * s) & (py > sy)
     )
-    lung &= ~(mediastinum | spine_zone)
+    lung[:, :, band] &= ~(mediastinum | spine_zone)
     mu[lung] = MU["lung"]
 
+    px, py = _columns(x, y)
     below = (zz >= dome) & inside
     liver = below & (px < 40.0 * s) & (rb_p < (1.0 - lm["fat"]) ** p)
     mu[liver] = MU["liver"]

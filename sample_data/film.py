@@ -64,31 +64,32 @@ def _grain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _frame(img: np.ndarray, film: Film, rng: np.random.Generator) -> np.ndarray:
     """Tilt, shift and crop the field: the chest is not always upright or centred, and the stored
-    image is rarely the whole detector. Areas the field never covered repeat its edge."""
+    image is rarely the whole detector. The kept window always lies inside the rendered field."""
     rows, cols = img.shape
     angle = np.deg2rad(rng.uniform(1.0, 5.0) * rng.choice([-1.0, 1.0])) if film.tilted else 0.0
     if film.off_centre:
-        keep_r, keep_c = rng.uniform(0.8, 0.95), rng.uniform(0.8, 0.95)
-        shift_r, shift_c = rng.uniform(-0.07, 0.07), rng.uniform(-0.07, 0.07)
+        keep_r, keep_c = rng.uniform(0.78, 0.92), rng.uniform(0.78, 0.92)
+    elif film.cropped:
+        keep_r, keep_c = rng.uniform(0.93, 1.0), rng.uniform(0.93, 1.0)
     else:
-        keep_r, keep_c = rng.uniform(0.95, 1.0), rng.uniform(0.95, 1.0)
-        shift_r = shift_c = 0.0
-        if not film.cropped:
-            keep_r = keep_c = 1.0
-    if angle == 0.0 and keep_r == keep_c == 1.0:
-        return img
-    out_r, out_c = max(8, round(rows * keep_r)), max(8, round(cols * keep_c))
-    pad = int(np.ceil(0.12 * max(rows, cols))) + 2
-    padded = np.pad(img, pad, mode="edge")
-    # Output pixel (x, y) -> input: rotate about the output centre, then place at the shifted field centre.
-    cx_in = pad + cols / 2 + shift_c * cols
-    cy_in = pad + rows / 2 + shift_r * rows
-    c, s = np.cos(angle), np.sin(angle)
-    a, b, d, e = c, -s, s, c
-    off_x = cx_in - (a * out_c / 2 + b * out_r / 2)
-    off_y = cy_in - (d * out_c / 2 + e * out_r / 2)
-    moved = Image.fromarray(padded).transform(
-        (out_c, out_r), Image.AFFINE, (a, b, off_x, d, e, off_y), resample=Image.BILINEAR
+        keep_r = keep_c = 1.0
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    # Shrink the window until its tilted corners fit, then shift it by what room is left.
+    out_r, out_c = rows * keep_r, cols * keep_c
+    fit = min(1.0, rows / (out_r * c + out_c * abs(s)), cols / (out_c * c + out_r * abs(s)))
+    out_r, out_c = max(8, int(out_r * fit)), max(8, int(out_c * fit))
+    room_r = (rows - (out_r * c + out_c * abs(s))) / 2
+    room_c = (cols - (out_c * c + out_r * abs(s))) / 2
+    shift = (rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0)) if film.off_centre else (0.0, 0.0)
+    cy, cx = rows / 2 + shift[0] * max(room_r, 0.0), cols / 2 + shift[1] * max(room_c, 0.0)
+    if angle == 0.0:
+        r0, c0 = int(round(cy - out_r / 2)), int(round(cx - out_c / 2))
+        return np.ascontiguousarray(img[r0 : r0 + out_r, c0 : c0 + out_c])
+    # Output pixel (x, y) -> input: rotate about the output centre, then place at the window centre.
+    off_x = cx - (c * out_c / 2 - s * out_r / 2)
+    off_y = cy - (s * out_c / 2 + c * out_r / 2)
+    moved = Image.fromarray(img).transform(
+        (out_c, out_r), Image.AFFINE, (c, -s, off_x, s, c, off_y), resample=Image.BILINEAR
     )
     return np.array(moved)
 

@@ -121,10 +121,12 @@ def draw_girdle_soft(canvas: Canvas, lm: dict[str, float], pose: Pose) -> None:
             )
         # The arm's soft tissue begins beyond the joint; the shoulder itself is drawn above.
         root = shoulder + 0.25 * (j["elbow"][k] - shoulder)
-        canvas.tube(tuple(root), tuple(j["elbow"][k]), arm, soft, fuzz=0.8)
+        # Hanging beside a lateral's chest the arms flatten against it: thinner along the beam.
+        flat = 0.7 if pose.name == "down" else 1.0
+        canvas.tube(tuple(root), tuple(j["elbow"][k]), arm, flat * soft, fuzz=0.8)
         if pose.name == "down":  # the forearm hangs on into the abdomen's field
             hand = j["elbow"][k] + np.array([0.0, -40.0 * s, 260.0 * s])
-            canvas.tube(tuple(j["elbow"][k]), tuple(hand), 0.8 * arm, soft, fuzz=0.8)
+            canvas.tube(tuple(j["elbow"][k]), tuple(hand), 0.8 * arm, flat * soft, fuzz=0.8)
 
 
 def _frontal_shoulders(canvas: Canvas, lm: dict[str, float]) -> None:
@@ -154,12 +156,12 @@ def _lateral_shoulders(canvas: Canvas, lm: dict[str, float], pose: Pose) -> None
     front = float(lm["cage_yc"] - b[0]) - wall
     back = lm["cage_yc"] + lm["cage_b"] + lm["wall_back"]
     (u0, u1), (zt, _), (m, _) = canvas.beam.project([0.0, 0.0], [front, back], [top, top])
-    low = (30.0 if pose.name == "up" else 70.0) * s
-    thick = MU["soft"] * (120.0 * s + 2.0 * wall)
+    low = (10.0 if pose.name == "up" else 40.0) * s
+    thick = MU["soft"] * (100.0 * s + 1.5 * wall)
 
     def draw(U, Z):
         across = _smoothstep((U - u0) / (40.0 * s * m)) * _smoothstep((u1 - U) / (30.0 * s * m))
-        down = 1.0 - _smoothstep((Z - zt - low * m) / (110.0 * s * m))
+        down = 1.0 - _smoothstep((Z - zt - low * m) / (75.0 * s * m))
         return thick * across * down
 
-    canvas.add((u0 - 5.0, u1 + 5.0, 0.0, zt + (low + 120.0 * s) * m), draw)
+    canvas.add((u0 - 5.0, u1 + 5.0, canvas.beam.top_mm, zt + (low + 80.0 * s) * m), draw)

@@ -204,10 +204,12 @@ def _beams(anatomy: Anatomy, exam: Exam) -> dict[str, Beam]:
     rng = np.random.default_rng([exam.film.seed, 2])
     depth = back_max - front_min
     fill, ahead, aspect = rng.uniform(0.86, 0.97), rng.uniform(0.3, 0.7), rng.uniform(0.8, 1.0)
-    width = g.voxel_mm * np.ceil(depth / fill / g.voxel_mm)
-    # Collimated to the chest: a small chest gets a shorter field, so laterals stay roughly square.
-    height = float(np.clip(width / aspect, lm["dome_r"] + 70.0 - 0.5 * lm["cage_top"], FIELD_MM))
-    top = rng.uniform(0.0, 1.0) * min(0.5 * lm["cage_top"], FIELD_MM - height)
+    width = depth / fill
+    # Collimated to the chest, apices to the posterior costophrenic recesses: a small chest gets a
+    # shorter field, and a slim one some air in front and behind, so laterals stay roughly square.
+    top = rng.uniform(0.0, 0.5) * lm["cage_top"]
+    height = float(np.clip(width / aspect, lm["dome_l"] + 100.0 - top, FIELD_MM - top))
+    width = g.voxel_mm * np.ceil(max(width, 0.78 * height) / g.voxel_mm)
     lateral = Beam(
         "lateral",
         rotation_deg=exam.lateral_rotation_deg,
@@ -468,7 +470,7 @@ def _render(
     smooth = ndimage.gaussian_filter(coarse, 12.0 / v, mode="nearest")
     broad = ndimage.gaussian_filter(coarse, 36.0 / v, mode="nearest")
     # Unsharp mask for detail, and dynamic range compression (large-scale density pulled towards the mean).
-    gain, squeeze = display.film.sharpen, display.film.equalize + (0.1 if beam.view == "lateral" else 0.0)
+    gain, squeeze = display.film.sharpen, display.film.equalize + (0.05 if beam.view == "lateral" else 0.0)
     dens *= gain
     dens -= _resize((gain - 1.0) * smooth + squeeze * (broad - float(broad.mean())), full, smooth=True)
     return display.show(dens)

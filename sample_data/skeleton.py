@@ -103,7 +103,8 @@ def vertebrae(lm: dict[str, float], height_mm: float, rng: np.random.Generator) 
 
 
 def draw_spine(canvas: Canvas, verts: np.ndarray, lm: dict[str, float], detail: bool = True) -> None:
-    """Vertebral bodies with end plates and, with ``detail``, pedicles, transverse and spinous processes.
+    """Vertebral bodies with end plates and, with ``detail``, pedicles and spinous processes (the
+    transverse processes hide under the rib heads and are left out).
 
     The posterior elements are thinner, more porous bone than they are drawn, so they get half weight.
     """
@@ -127,14 +128,6 @@ def draw_spine(canvas: Canvas, verts: np.ndarray, lm: dict[str, float], detail: 
             canvas.ellipsoid(
                 (x + sign * 0.72 * rx, back + 6.0 * s, z - 0.15 * hh),
                 (4.5 * s, 9.0 * s, 0.75 * hh),
-                post,
-                cortex=1.2,
-                mu_cortex=post_c,
-            )
-            canvas.tube(
-                (x + sign * 0.7 * rx, back + 12.0 * s, z - 0.2 * hh),
-                (x + sign * (rx + 26.0 * s), back + 22.0 * s, z - 0.35 * hh),
-                4.0 * s,
                 post,
                 cortex=1.2,
                 mu_cortex=post_c,

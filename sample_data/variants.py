@@ -28,7 +28,7 @@ DEVICES = ("ecg", "pacemaker", "ett", "ngt", "central_line")
 SHARES = {
     "projection": {"PA": 0.6, "AP_erect": 0.15, "AP_supine": 0.25},
     "rotated": 0.25,  # frontal rotation 5-15 degrees (else within about +-3)
-    "arms_down": 0.2,  # lateral with the arms hanging instead of raised
+    "arms_down": 0.15,  # lateral with the arms hanging instead of raised
     "facing_right": 0.5,  # lateral displayed with the anterior chest on the image's right
     "ecg": 0.3,
     "pacemaker": 0.08,
@@ -112,7 +112,7 @@ def random_exam(rng: np.random.Generator) -> Exam:
         contrast=float(rng.uniform(2.8, 5.4)),
         level=float(rng.uniform(0.3, 0.46)),
         sharpen=float(rng.uniform(1.2, 2.0)),
-        equalize=float(rng.uniform(0.08, 0.4)),
+        equalize=float(rng.uniform(0.05, 0.3)),
         marker=marker,
         text=text,
         collimation=_pick(rng, SHARES["collimation"]),
