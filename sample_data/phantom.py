@@ -122,6 +122,7 @@ def simulate(
     kit = hardware.build(anatomy, exam.devices, np.random.default_rng([patient.seed, 17]))
     v = anatomy.grid.voxel_mm
     lm = anatomy.landmarks
+    aerated = (anatomy.mu == MU["lung"]).astype(np.float32)
     pixel = FIELD_MM / size
     images: dict[str, np.ndarray] = {}
     annotated: dict[str, bool] = {}
@@ -140,11 +141,11 @@ def simulate(
         )
         line += _ribs(anatomy, beam, coarse)
         deltas = [_project(anatomy, p.delta, beam, coarse) for p in placed]
-        reference = _Display(line, patient.exposure, v, rows, Film())
+        lung = _project(anatomy, aerated, beam, coarse)
+        reference = _Display(line, lung, patient.exposure, v, rows, Film())
         contrast[view] = [reference.visibility(line, d) for d in deltas]
         if view in views:
             display = reference.restyle(exam.film)
-            lung = _project(anatomy, (anatomy.mu == MU["lung"]).astype(np.float32), beam, coarse)
             parts = _Parts(base, line, lung, points, verts, pose, kit)
             img = _render(anatomy, beam, parts, display, pixel, rng)
             if view == "lateral" and exam.facing == "right":
@@ -267,14 +268,20 @@ def _ribs(anatomy: Anatomy, beam: Beam, shape: tuple[int, int]) -> np.ndarray:
 class _Display:
     """Scatter, log and the display curve, fitted once per view on the coarse projection."""
 
-    def __init__(self, line: np.ndarray, exposure: float, voxel_mm: float, rows: slice, film: Film) -> None:
+    def __init__(
+        self, line: np.ndarray, lung: np.ndarray, exposure: float, voxel_mm: float, rows: slice, film: Film
+    ) -> None:
         primary = np.exp(-line)
         self.scatter = _SCATTER * ndimage.gaussian_filter(
             primary * line, _SCATTER_SIGMA_MM / voxel_mm, mode="nearest"
         )
         dens = -np.log(primary + self.scatter)
-        body = dens[rows][line[rows] > 1.0]  # window on the chest, as clinical processing does
-        self.lo = float(np.percentile(body, 8.0)) if body.size else 0.0
+        # Window on the chest as clinical processing does: from the lung fields (where the beam crosses
+        # at least 30 mm of aerated lung) to the densest body part, whatever the arms and edges add.
+        body = dens[rows][line[rows] > 1.0]
+        fields = dens[rows][lung[rows] > 30.0]
+        low = fields if fields.size > 20 else body
+        self.lo = float(np.percentile(low, 5.0)) if low.size else 0.0
         self.hi = 1.03 * float(np.percentile(body, 99.9)) if body.size else 1.0
         self.exposure = exposure
         self.voxel_mm = voxel_mm
