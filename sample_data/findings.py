@@ -95,7 +95,7 @@ def random_findings(rng: np.random.Generator, p_normal: float = 0.35) -> list[Fi
         site = sites[int(rng.choice(len(sites), p=weights))]
         subtle = rng.random() < SUBTLE_SHARE
         severity = rng.uniform(0.02, 0.12) if subtle else float(np.clip(rng.beta(1.3, 2.2), 0.05, 1.0))
-        opacity = rng.uniform(0.3, 0.7) if subtle else rng.uniform(0.5, 1.0)
+        opacity = rng.uniform(0.12, 0.5) if subtle else rng.uniform(0.5, 1.0)
         density = opacity if label in ("nodule", "consolidation") else 1.0
         found.append(Finding(label, round(float(severity), 3), site, round(float(density), 3)))
     return found
@@ -122,8 +122,9 @@ def _side(an: Anatomy, side: str) -> np.ndarray:
 
 
 def effusion_volume_ml(severity: float) -> float:
-    """Effusion volume for a severity: ~20 mL at 0.05, ~50 at 0.12, ~170 at 0.3, ~550 at 0.7."""
-    return 5.0 + 900.0 * severity**1.4
+    """Effusion volume for a severity: ~4 mL at 0.02 (below what any view shows), ~14 at 0.05,
+    ~46 at 0.12, ~165 at 0.3, ~545 at 0.7."""
+    return 900.0 * severity**1.4
 
 
 def _effusion(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[float, float, float], float]:
@@ -286,7 +287,7 @@ def _consolidation(
     seed = pts[rng.integers(k.size)]
     center = 0.5 * (pts.mean(axis=0) + seed)
     dist = np.linalg.norm(pts - center, axis=1)
-    keep = dist <= np.quantile(dist, 0.06 + 0.9 * f.severity)
+    keep = dist <= np.quantile(dist, 0.03 + 0.93 * f.severity)
     texture = f.density * rng.uniform(0.75, 0.95, size=int(keep.sum())).astype(np.float32)
     an.mu[k[keep], j[keep], i[keep]] = MU["lung"] + (MU["soft"] - MU["lung"]) * texture
     volume_ml = float(keep.sum() * an.grid.voxel_mm**3 / 1000.0)
