@@ -149,8 +149,8 @@ class Anatomy:
     # [n, 4] patient x, y, z (mm) and the line integral each adds (see ``sample_data.skeleton``).
     ribs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
-    def thorax(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inner rib-cage semi-axes (a along x, b along y) at heights ``z``."""
+    def thorax(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inner rib-cage semi-axes (a along x, b along y) and centre y at heights ``z``."""
         return _cage_axes(z, self.landmarks)
 
     def dome(self) -> np.ndarray:
@@ -158,13 +158,21 @@ class Anatomy:
         return _dome_surface(self.px, self.py, self.landmarks)
 
 
-def _cage_axes(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _cage_axes(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inner rib-cage semi-axes (a, b) and centre y at heights ``z``.
+
+    The cage is widest just above the domes and closes over the apices. Its depth grows steadily
+    from the top, and it grows forwards more than backwards (the spine anchors the back), so the
+    anterior chest wall and sternum slope forwards going down, as a lateral film shows.
+    """
     t = np.clip((z - lm["cage_top"]) / (lm["cage_widest"] - lm["cage_top"]), 0.0, 1.0)
     cap = np.sqrt(np.clip(1.0 - (1.0 - t) ** 2, 0.0, 1.0))
     below = np.clip((z - lm["cage_widest"]) / 200.0, 0.0, 1.0)
     a = lm["cage_a"] * (0.08 + 0.92 * cap) * (1.0 - 0.08 * below)
-    b = lm["cage_b"] * (0.15 + 0.85 * cap) * (1.0 - 0.05 * below)
-    return a.astype(np.float32), b.astype(np.float32)
+    deep = np.minimum(0.15 + 0.85 * cap, 0.45 + 0.55 * t**0.6)
+    b = lm["cage_b"] * deep * (1.0 - 0.05 * below)
+    yc = lm["cage_yc"] + 0.6 * (lm["cage_b"] - b)
+    return a.astype(np.float32), b.astype(np.float32), yc.astype(np.float32)
 
 
 def _dome_surface(px: np.ndarray, py: np.ndarray, lm: dict[str, float]) -> np.ndarray:
@@ -228,14 +236,14 @@ def body_extent(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.nda
     """Body half-width, front y and back y at heights ``z`` (neck above the cage, belly below the domes)."""
     s = lm["scale"]
     z = np.asarray(z, np.float32)
-    a, b = _cage_axes(z, lm)
+    a, b, yc = _cage_axes(z, lm)
     top = lm["cage_top"]
     neck = 58.0 * s + 40.0 * s * np.clip((z - 40.0 * s) / (top + 20.0 - 40.0 * s), 0.0, 1.0)
     half = np.where(z < top + 20.0, np.minimum(neck, a + lm["wall"] + 8.0), a + lm["wall"] + 8.0)
     half = np.maximum(half, neck)
     belly = lm["belly"] * np.clip((z - lm["dome_r"]) / (90.0 * s), 0.0, 1.0)
-    front = np.minimum(lm["cage_yc"] - b - lm["wall"] - belly, 0.6 * lm["spine_y"] - 0.75 * neck)
-    back = np.maximum(lm["cage_yc"] + b + lm["wall_back"], lm["spine_y"] + 0.5 * neck)
+    front = np.minimum(yc - b - lm["wall"] - belly, 0.6 * lm["spine_y"] - 0.75 * neck)
+    back = np.maximum(yc + b + lm["wall_back"], lm["spine_y"] + 0.5 * neck)
     return half.astype(np.float32), front.astype(np.float32), back.astype(np.float32)
 
 
@@ -350,9 +358,9 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     zz = z[:, None, None]
     s = patient.scale
 
-    a, b = _cage_axes(z, lm)
-    a3, b3 = a[:, None, None], b[:, None, None]
-    cavity = ((px / a3) ** 2 + ((py - lm["cage_yc"]) / b3) ** 2 < 1.0) & (zz > lm["cage_top"])
+    a, b, yc = _cage_axes(z, lm)
+    a3, b3, yc3 = a[:, None, None], b[:, None, None], yc[:, None, None]
+    cavity = ((px / a3) ** 2 + ((py - yc3) / b3) ** 2 < 1.0) & (zz > lm["cage_top"])
 
     # Body outline: a superellipse (flatter front and back than an ellipse, so a lateral film is dense
     # right up to its anterior and posterior skin), a neck above the cage and a belly below the domes.
@@ -382,7 +390,7 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     med_r = (20.0 + 12.0 * upper)[:, None, None] * s
     med_l = (17.0 + 9.0 * upper)[:, None, None] * s
     # Narrow in front (the anterior junction), so the lateral shows a retrosternal clear space.
-    taper = np.clip(0.3 + 0.7 * (py + lm["cage_b"] - lm["cage_yc"]) / (80.0 * s), 0.3, 1.0)
+    taper = np.clip(0.3 + 0.7 * (py - (yc3 - b3)) / (80.0 * s), 0.3, 1.0)
     sx, sy = spine_center(z, lm)
     sx, sy = sx[:, None, None], sy[:, None, None]
     across = np.where(px < sx, (px - sx) / med_r, (px - sx) / med_l) / taper
@@ -458,7 +466,8 @@ def _paint_breasts(painter: Painter, lm: dict[str, float], rng: np.random.Genera
     """Never quite symmetric, and thinning towards the edge: a soft, doubled lateral contour."""
     s = lm["scale"]
     bz = lm["dome_r"] - 20.0 * s + 10.0 * (lm["breast"] - 1.0) * s
-    front = lm["cage_yc"] - lm["cage_b"] - lm["wall"]
+    _, b, yc = _cage_axes(np.array([bz], np.float32), lm)
+    front = float(yc[0] - b[0]) - lm["wall"]
     for sign in (-1.0, 1.0):
         dy, dz, size = rng.normal(0.0, 5.0), rng.normal(0.0, 7.0), rng.uniform(0.85, 1.1) * s * lm["breast"]
         for grow, value in ((1.0, 0.6 * MU["fat"]), (0.8, MU["fat"])):

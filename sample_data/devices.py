@@ -232,8 +232,8 @@ def _central_line(lm: dict[str, float], rng: np.random.Generator) -> np.ndarray:
             ]
         )
     else:
-        _, b = _cage_axes(np.array([top + 60.0 * s], np.float32), lm)
-        entry = np.array([115.0 * s, float(lm["cage_yc"] - b[0]) - 10.0, top + 45.0 * s])
+        _, b, yc = _cage_axes(np.array([top + 60.0 * s], np.float32), lm)
+        entry = np.array([115.0 * s, float(yc[0] - b[0]) - 10.0, top + 45.0 * s])
         path = np.array(
             [
                 entry + [40.0, -20.0, 20.0],

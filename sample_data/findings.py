@@ -133,14 +133,14 @@ def _effusion(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[
     aerated = an.mu == MU["lung"]
     sides = ("left", "right") if f.site == "both" else (f.site,)
     voxel_ml = an.grid.voxel_mm**3 / 1000.0
-    a, b = an.thorax(z)
+    a, b, yc = an.thorax(z)
     total = np.zeros(an.mu.shape, dtype=bool)
     for side in sides:
         region = an.lung & _side(an, side) & aerated
         k, j, i = np.nonzero(region)
         if k.size == 0:
             raise FindingError(f"no {side} lung to hold an effusion")
-        rho = np.sqrt((an.px[0, j, i] / a[k]) ** 2 + ((an.py[0, j, i] - an.landmarks["cage_yc"]) / b[k]) ** 2)
+        rho = np.sqrt((an.px[0, j, i] / a[k]) ** 2 + ((an.py[0, j, i] - yc[k]) / b[k]) ** 2)
         # Depth below the fluid surface: the surface is level, rising at the wall (meniscus).
         # Upright, the posterior costophrenic recess is the lowest and fills first.
         key = z[k] + 12.0 * rho**6 + 0.4 * an.py[0, j, i]
@@ -239,8 +239,8 @@ def _pneumothorax(
 
     def outside(frac: float) -> np.ndarray:
         q = hilum + (pts - hilum) / (1.0 - frac)
-        a, b = an.thorax(q[:, 2])
-        rho = np.sqrt((q[:, 0] / a) ** 2 + ((q[:, 1] - lm["cage_yc"]) / b) ** 2)
+        a, b, yc = an.thorax(q[:, 2])
+        rho = np.sqrt((q[:, 0] / a) ** 2 + ((q[:, 1] - yc) / b) ** 2)
         return (rho > 1.0) | (q[:, 2] < lm["cage_top"])
 
     air = outside(collapse)

@@ -64,9 +64,9 @@ def draw_girdle_bones(canvas: Canvas, lm: dict[str, float], pose: Pose) -> None:
     lift = -14.0 * s if pose.name == "AP" else 0.0  # lordotic projection of a bedside AP
     medial_x = {"PA": 104.0, "AP": 64.0, "up": 80.0, "down": 72.0}[pose.name] * s
     zs = np.array([top + 32.0 * s, top + 100.0 * s], np.float32)
-    _, b = _cage_axes(zs, lm)
-    front = float(lm["cage_yc"] - b[0]) - 0.5 * lm["wall"]
-    back = float(lm["cage_yc"] + b[1] * 0.85) + 10.0 * s
+    _, b, yc = _cage_axes(zs, lm)
+    front = float(yc[0] - b[0]) - 0.5 * lm["wall"]
+    back = float(yc[1] + b[1] * 0.85) + 10.0 * s
     for k, sign in enumerate(j["sign"]):
         head = j["shoulder"][k] + np.array([sign * 6.0 * s, 0.0, 0.0])
         acromion = (sign * (lm["cage_a"] + 18.0 * s), 0.6 * head[1], top + 10.0 * s + lift)
@@ -152,9 +152,9 @@ def _lateral_shoulders(canvas: Canvas, lm: dict[str, float], pose: Pose) -> None
     chest, fading smoothly over the apices (lower and longer with the arms down)."""
     s, top, wall = lm["scale"], lm["cage_top"], lm["wall"]
     zs = np.array([top + 20.0 * s], np.float32)
-    _, b = _cage_axes(zs, lm)
-    front = float(lm["cage_yc"] - b[0]) - wall
-    back = lm["cage_yc"] + lm["cage_b"] + lm["wall_back"]
+    _, b, yc = _cage_axes(zs, lm)
+    front = float(yc[0] - b[0]) - wall
+    back = float(yc[0] + b[0]) + lm["wall_back"]
     (u0, u1), (zt, _), (m, _) = canvas.beam.project([0.0, 0.0], [front, back], [top, top])
     low = (10.0 if pose.name == "up" else 40.0) * s
     thick = MU["soft"] * (100.0 * s + 1.5 * wall)

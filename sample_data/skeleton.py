@@ -31,7 +31,7 @@ def rib_samples(lm: dict[str, float], rng: np.random.Generator) -> np.ndarray:
     """
     step = _RIB_STEP_MM
     z = np.arange(lm["cage_top"] - 20.0, lm["cage_top"] + 13.0 * lm["rib_spacing"] + 120.0, step)
-    a, b = _cage_axes(z.astype(np.float32), lm)
+    a, b, yc = _cage_axes(z.astype(np.float32), lm)
     n_phi = int(np.ceil(0.85 * np.pi * lm["cage_a"] / step))
     phi = (np.arange(n_phi, dtype=np.float32) + 0.5) * (0.85 * np.pi / n_phi)  # 0 at the spine
     depth = np.arange(0.75, 9.0, 1.5, dtype=np.float32)  # into the wall, mm
@@ -67,7 +67,7 @@ def rib_samples(lm: dict[str, float], rng: np.random.Generator) -> np.ndarray:
         occ *= np.clip((u_end - u) * 40.0, 0.0, 1.0)
         keep = occ > 0
         px = sign * np.broadcast_to(ax, occ.shape)[keep]
-        py = np.broadcast_to(ay, occ.shape)[keep] + lm["cage_yc"]
+        py = np.broadcast_to(ay + yc[:, None, None], occ.shape)[keep]
         pz = np.broadcast_to(zz, occ.shape)[keep]
         w = (MU["rib"] - MU["soft"]) * occ[keep] * np.broadcast_to(ds, occ.shape)[keep] * step * 1.5
         out.append(np.stack([px, py, pz, w], axis=1))
@@ -150,8 +150,8 @@ def draw_sternum(canvas: Canvas, lm: dict[str, float]) -> None:
         (top + 34.0 * s, top + 80.0 * s, 26.0 * s),
         (top + 86.0 * s, top + 190.0 * s, 16.0 * s),
     ):
-        _, b = _cage_axes(np.array([z0, z1], np.float32), lm)
-        ys = [float(lm["cage_yc"] - bb - 4.0 * s) for bb in b]
+        _, b, yc = _cage_axes(np.array([z0, z1], np.float32), lm)
+        ys = [float(c - bb - 4.0 * s) for c, bb in zip(yc, b, strict=True)]
         u0, v0, _ = canvas.beam.point(0.0, ys[0], z0)
         u1, v1, _ = canvas.beam.point(0.0, ys[1], z1)
         tilt = math.atan2(u1 - u0, v1 - v0)
