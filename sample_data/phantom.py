@@ -19,7 +19,7 @@ from scipy import ndimage
 from sample_data import devices as hardware
 from sample_data.anatomy import MU, Anatomy, Patient, body_extent, build_anatomy
 from sample_data.film import present
-from sample_data.findings import Finding, apply_findings, cardiothoracic_ratio
+from sample_data.findings import Finding, PlacedFinding, apply_findings, cardiothoracic_ratio
 from sample_data.girdle import Pose, draw_girdle_bones, draw_girdle_soft
 from sample_data.projection import Beam, Canvas, project_volume, splat
 from sample_data.skeleton import draw_spine, draw_sternum, vertebrae
@@ -115,42 +115,28 @@ def simulate(
     """
     exam = exam or Exam()
     anatomy = build_anatomy(exam_patient(patient, exam))
-    placed = apply_findings(anatomy, list(findings))
+    scene = _Scene(
+        anatomy,
+        apply_findings(anatomy, list(findings)),
+        _vessel_tree(anatomy, np.random.default_rng([patient.seed, 5])),
+        vertebrae(anatomy.landmarks, anatomy.grid.height_mm, np.random.default_rng([patient.seed, 3])),
+        hardware.build(anatomy, exam.devices, np.random.default_rng([patient.seed, 17])),
+        (anatomy.mu == MU["lung"]).astype(np.float32),
+    )
     rng = np.random.default_rng([patient.seed, 11] if noise_seed is None else [noise_seed, 13])
-    points = _vessel_tree(anatomy, np.random.default_rng([patient.seed, 5]))
-    verts = vertebrae(anatomy.landmarks, anatomy.grid.height_mm, np.random.default_rng([patient.seed, 3]))
-    kit = hardware.build(anatomy, exam.devices, np.random.default_rng([patient.seed, 17]))
-    v = anatomy.grid.voxel_mm
-    lm = anatomy.landmarks
-    aerated = (anatomy.mu == MU["lung"]).astype(np.float32)
     pixel = FIELD_MM / size
     images: dict[str, np.ndarray] = {}
     annotated: dict[str, bool] = {}
     contrast: dict[str, list[float]] = {}
-    for view, beam in _beams(anatomy, exam).items():
-        pose = _pose(exam, view)
-        coarse = beam.shape(v)
-        # Window on the lower lung fields (the lateral's reaching a little into the upper abdomen).
-        low = lm["dome_l"] + (30.0 if view == "lateral" else 0.0)
-        rows = slice(int((lm["carina"] - beam.top_mm) / v), int((low - beam.top_mm) / v))
-        base = ndimage.gaussian_filter(_project(anatomy, anatomy.mu, beam, coarse), 0.5)
-        line = (
-            base
-            + _bones(anatomy, beam, coarse, verts, pose, detail=False)
-            + _soft(anatomy, beam, coarse, pose)
-        )
-        line += _ribs(anatomy, beam, coarse)
-        deltas = [_project(anatomy, p.delta, beam, coarse) for p in placed]
-        lung = _project(anatomy, aerated, beam, coarse)
-        reference = _Display(line, lung, patient.exposure, v, rows, Film())
-        contrast[view] = [reference.visibility(line, d) for d in deltas]
-        if view in views:
-            display = reference.restyle(exam.film)
-            parts = _Parts(base, line, lung, points, verts, pose, kit)
-            img = _render(anatomy, beam, parts, display, pixel, rng)
-            if view == "lateral" and exam.facing == "right":
+    for name, beam in _beams(anatomy, exam).items():
+        view = _expose(scene, beam, _pose(exam, name), patient.exposure)
+        contrast[name] = [view.visibility(p.delta) for p in scene.placed]
+        if name in views:
+            img = _render(scene, view, exam.film, pixel, rng)
+            if name == "lateral" and exam.facing == "right":
                 img = np.ascontiguousarray(img[:, ::-1])
-            images[view], annotated[view] = present(img, view, exam, pixel)
+            images[name], annotated[name] = present(img, name, exam, pixel)
+    placed = scene.placed
     truth = [
         FindingTruth(
             p.finding.label,
@@ -390,16 +376,47 @@ def _aerated(anatomy: Anatomy, pts: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Parts:
-    """What one view's full-resolution render is made from."""
+class _Scene:
+    """One patient as every view sees it: the volume, the findings and what is drawn per view."""
 
-    base: np.ndarray  # coarse volume projection
-    line: np.ndarray  # coarse projection with the 2D bones and soft parts
-    lung: np.ndarray  # coarse path length through aerated lung
+    anatomy: Anatomy
+    placed: list[PlacedFinding]
     vessels: np.ndarray  # [n, 4] patient x, y, z, radius
-    verts: np.ndarray
-    pose: Pose
+    verts: np.ndarray  # vertebral bodies (``sample_data.skeleton.vertebrae``)
     kit: hardware.Kit
+    aerated: np.ndarray  # [z, y, x] float32, 1 in aerated lung
+
+
+@dataclass
+class _View:
+    """One view's coarse projection and display fit, from which findings are judged and films drawn."""
+
+    beam: Beam
+    pose: Pose
+    base: np.ndarray  # the volume's line integrals
+    line: np.ndarray  # plus the 2D bones and soft parts
+    lung: np.ndarray  # path length through aerated lung, mm
+    display: _Display  # fitted with the reference curve (``Film()``)
+    anatomy: Anatomy
+
+    def visibility(self, delta: np.ndarray) -> float:
+        """How visible a finding's change of the volume is on this view (see ``_Display.visibility``)."""
+        return self.display.visibility(self.line, _project(self.anatomy, delta, self.beam, self.line.shape))
+
+
+def _expose(scene: _Scene, beam: Beam, pose: Pose, exposure: float) -> _View:
+    """The view's coarse line integrals (volume, bones, soft parts), lung path and display fit."""
+    anatomy, lm = scene.anatomy, scene.anatomy.landmarks
+    v = anatomy.grid.voxel_mm
+    coarse = beam.shape(v)
+    base = ndimage.gaussian_filter(_project(anatomy, anatomy.mu, beam, coarse), 0.5)
+    line = base + _bones(anatomy, beam, coarse, scene.verts, pose, detail=False)
+    line += _soft(anatomy, beam, coarse, pose) + _ribs(anatomy, beam, coarse)
+    lung = _project(anatomy, scene.aerated, beam, coarse)
+    # Window on the lower lung fields (the lateral's reaching a little into the upper abdomen).
+    low = lm["dome_l"] + (30.0 if beam.view == "lateral" else 0.0)
+    rows = slice(int((lm["carina"] - beam.top_mm) / v), int((low - beam.top_mm) / v))
+    return _View(beam, pose, base, line, lung, _Display(line, lung, exposure, v, rows, Film()), anatomy)
 
 
 def _vessels(beam: Beam, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -431,34 +448,23 @@ def _blur(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def _render(
-    anatomy: Anatomy,
-    beam: Beam,
-    parts: _Parts,
-    display: _Display,
-    pixel_mm: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _render(scene: _Scene, view: _View, film: Film, pixel_mm: float, rng: np.random.Generator) -> np.ndarray:
     """Full-resolution image: vessels, texture, primary + scatter, quantum noise, blur, unsharp mask, display."""
+    anatomy, beam, pose = scene.anatomy, view.beam, view.pose
+    display = view.display.restyle(film)
     full = beam.shape(pixel_mm)
     quarter = (max(full[0] // 4, 16), max(full[1] // 4, 16))
     half = (max(full[0] // 2, 16), max(full[1] // 2, 16))
-    big = parts.vessels[:, 3] >= 1.2
-    mid = (
-        _resize(parts.base, quarter)
-        + _soft(anatomy, beam, quarter, parts.pose)
-        + _ribs(anatomy, beam, quarter)
-    )
-    mid += ndimage.gaussian_filter(_vessels(beam, parts.vessels[big], quarter), 0.8)
+    big = scene.vessels[:, 3] >= 1.2
+    mid = _resize(view.base, quarter) + _soft(anatomy, beam, quarter, pose) + _ribs(anatomy, beam, quarter)
+    mid += ndimage.gaussian_filter(_vessels(beam, scene.vessels[big], quarter), 0.8)
     # Small vessels and bones on a half-resolution grid: soft thin lines once upsampled, as on real films.
-    fine_half = _vessels(beam, parts.vessels[~big], half) + _bones(
-        anatomy, beam, half, parts.verts, parts.pose
-    )
+    fine_half = _vessels(beam, scene.vessels[~big], half) + _bones(anatomy, beam, half, scene.verts, pose)
     # Fine interstitial texture where the beam crosses aerated lung.
     texture = ndimage.gaussian_filter(rng.standard_normal(quarter, dtype=np.float32), 0.9)
-    mid += 0.0011 * _resize(parts.lung, quarter) * texture
+    mid += 0.0011 * _resize(view.lung, quarter) * texture
     fine = _resize(mid, full) + _resize(fine_half, full, smooth=True)
-    fine += hardware.draw(parts.kit, beam, full)
+    fine += hardware.draw(scene.kit, beam, full)
     np.negative(fine, out=fine)
     intensity = np.exp(fine, out=fine)  # primary
     intensity += _resize(display.scatter, full, smooth=True)
@@ -472,7 +478,7 @@ def _render(
     np.maximum(intensity, 1e-4, out=intensity)
     dens = np.log(intensity, out=intensity)
     np.negative(dens, out=dens)
-    coarse = -np.log(np.exp(-parts.line) + display.scatter)
+    coarse = -np.log(np.exp(-view.line) + display.scatter)
     v = anatomy.grid.voxel_mm
     smooth = ndimage.gaussian_filter(coarse, 12.0 / v, mode="nearest")
     broad = ndimage.gaussian_filter(coarse, 36.0 / v, mode="nearest")

@@ -148,12 +148,14 @@ def _bilinear(row: np.ndarray, col: np.ndarray, weight: np.ndarray, shape: tuple
     r0, c0 = np.floor(row), np.floor(col)
     fr, fc = (row - r0).astype(np.float32), (col - c0).astype(np.float32)
     r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
-    img = np.zeros(shape[0] * shape[1], np.float64)
+    index, weights = [], []
     for dr, wr in ((0, 1.0 - fr), (1, fr)):
         for dc, wc in ((0, 1.0 - fc), (1, fc)):
             r, c = r0 + dr, c0 + dc
             ok = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
-            img += np.bincount((r * shape[1] + c)[ok], (weight * wr * wc)[ok], img.size)
+            index.append((r * shape[1] + c)[ok])
+            weights.append((weight * wr * wc)[ok])
+    img = np.bincount(np.concatenate(index), np.concatenate(weights), shape[0] * shape[1])
     return img.reshape(shape).astype(np.float32)
 
 
