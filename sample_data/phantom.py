@@ -463,9 +463,10 @@ def _render(scene: _Scene, view: _View, film: Film, pixel_mm: float, rng: np.ran
     # Fine interstitial texture where the beam crosses aerated lung.
     texture = ndimage.gaussian_filter(rng.standard_normal(quarter, dtype=np.float32), 0.9)
     mid += 0.0011 * _resize(view.lung, quarter) * texture
-    fine = _resize(mid, full) + _resize(fine_half, full, smooth=True)
-    fine += hardware.draw(scene.kit, beam, full)
-    np.negative(fine, out=fine)
+    fine_half += _resize(mid, half)
+    fine = np.negative(_resize(fine_half, full))  # minus the line integrals, a fresh writable array
+    if len(scene.kit.points):
+        fine -= hardware.draw(scene.kit, beam, full)
     intensity = np.exp(fine, out=fine)  # primary
     intensity += _resize(display.scatter, full, smooth=True)
     # Automatic exposure control: thicker chests (obese, laterals) get more dose behind the lungs.
