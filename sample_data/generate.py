@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -110,8 +111,12 @@ def write_dataset(
     seed: int = 0,
     size: int = 1024,
     showcase: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> DatasetSummary:
-    """Write ``n_studies`` synthetic studies of about ``size`` px under ``out_dir``; deterministic in ``seed``."""
+    """Write ``n_studies`` synthetic studies of about ``size`` px under ``out_dir``; deterministic in ``seed``.
+
+    ``progress`` is called with 1 after each study (a progress bar's ``update``).
+    """
     if n_studies < 1:
         raise GenerateError(f"n_studies must be at least 1, got {n_studies}")
     if not 64 <= size <= 4096:
@@ -141,6 +146,8 @@ def write_dataset(
             + [int(label in present) for label in LABELS]
         )
         truth_rows.extend(_truth_rows(study_uid, patient_id, plan.route, patient, images))
+        if progress is not None:
+            progress(1)
     _write_csv(out / "labels.csv", LABELS_HEADER, label_rows)
     _write_csv(out / "truth.csv", TRUTH_HEADER, truth_rows)
     summary.seconds = time.perf_counter() - start
