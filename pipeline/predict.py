@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from models.checkpoint import load
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
-from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
+from pipeline.data import StudyDataset, StudySample, ViewBatch, collate, worker_init
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
 from pipeline.manifest import Manifest
@@ -52,6 +52,9 @@ T = TypeVar("T")
 #: The bundled demo model, used when no model is given.
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "demo.safetensors"
 _NO_VIEW = "no view of the study could be read, so it was not predicted"
+#: On CUDA, each view's rows are padded to a multiple of this (`TwoViewNet.shape_bucket`; exact in eval mode),
+#: so cuDNN meets a few batch shapes rather than one per mix of views.
+SHAPE_BUCKET = 8
 
 
 @dataclass
@@ -212,6 +215,9 @@ class Predictor:
         self.device = resolve_device(device)
         own = (copy.deepcopy(model) if copy_model else model).to(self.device).eval()
         self.model = own.fast() if fast else own.plain()
+        self.model.shape_bucket = SHAPE_BUCKET if self.device.type == "cuda" else None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # autotuning pays off now that batch shapes repeat
         self.config = model.config
         self.labels = model.config.labels
         self.thresholds = dict(model.config.thresholds)
@@ -233,8 +239,10 @@ class Predictor:
         with torch.inference_mode():
             if self.device.type == "cuda":
                 batch = batch.pin_memory()  # so the copy below is asynchronous
+            # The masks stay on the CPU: the model picks each view's rows there, without waiting for the GPU.
+            masks = batch.has_frontal, batch.has_lateral
             batch = batch.to(self.device, non_blocking=True)
-            out = self.model(batch.frontal, batch.lateral, batch.has_frontal, batch.has_lateral).sigmoid()
+            out = self.model(batch.frontal, batch.lateral, *masks).sigmoid()
             heads = [getattr(out, name).float() for name in (*HEADS, "final")]
             heads.append(out.route.float()[:, None].expand_as(heads[0]))
             return _Running(torch.stack(heads), len(batch))
@@ -274,6 +282,7 @@ class Predictor:
             batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
             num_workers=workers,
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
+            worker_init_fn=worker_init if workers else None,
         )
         ahead = 1 if self.device.type == "cuda" else 0
         running: list[tuple[_Loaded, _Running | None]] = []
