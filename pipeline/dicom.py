@@ -641,6 +641,8 @@ def _block_mean(arr: np.ndarray, factor: int, padding: tuple[int, int] | None = 
     else:
         wide = np.int64
     sums = _block_sum(arr, factor, wide)
+    if pad is None and arr.dtype.kind != "f":
+        return _rounded_mean(sums, factor, arr.shape, arr.dtype)
     sizes = np.outer(_block_sizes(arr.shape[0], factor), _block_sizes(arr.shape[1], factor))
     counts = sizes if pad is None else np.maximum(sizes - pad, 1)
     counts = counts.astype(wide).reshape(counts.shape + (1,) * (arr.ndim - 2))
@@ -651,6 +653,24 @@ def _block_mean(arr: np.ndarray, factor: int, padding: tuple[int, int] | None = 
     if pad is not None:
         out[pad * 2 > sizes] = padding[0]
     return out
+
+
+def _rounded_mean(sums: np.ndarray, factor: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Block sums to rounded means: one shift (or division) for the full blocks, then the edge blocks."""
+    area = factor * factor
+    out = sums + area // 2
+    if area & (area - 1) == 0:
+        out >>= area.bit_length() - 1
+    else:
+        out //= area
+    row_sizes, col_sizes = _block_sizes(shape[0], factor), _block_sizes(shape[1], factor)
+    if row_sizes[-1] != factor:
+        counts = (row_sizes[-1] * col_sizes).astype(sums.dtype)
+        out[-1] = (sums[-1] + counts // 2) // counts
+    if col_sizes[-1] != factor:
+        counts = (row_sizes * col_sizes[-1]).astype(sums.dtype)
+        out[:, -1] = (sums[:, -1] + counts // 2) // counts
+    return out.astype(dtype)
 
 
 def _block_sum(arr: np.ndarray, factor: int, wide: type) -> np.ndarray:

@@ -273,10 +273,9 @@ class Predictor:
             return iter(())
         return self._stream(studies, batch_size, workers)
 
-    def _stream(
-        self, studies: Sequence[Study], batch_size: int, workers: int
-    ) -> Iterator[list[StudyPrediction]]:
-        """Studies decoded one per worker task, batched here; on CUDA one batch runs while the next is made."""
+    def batches(self, studies: Sequence[Study], *, batch_size: int, workers: int) -> Iterator[_Loaded]:
+        """The batches the model gets, decoded one study per worker task and batched here, in order
+        (what `iter_predictions` runs the model on; alone, it times the data path)."""
         loader = DataLoader(
             _Studies(studies, self),
             batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
@@ -284,10 +283,15 @@ class Predictor:
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
             worker_init_fn=worker_init if workers else None,
         )
+        return (_collate(items) for items in _batches(loader, batch_size))
+
+    def _stream(
+        self, studies: Sequence[Study], batch_size: int, workers: int
+    ) -> Iterator[list[StudyPrediction]]:
+        """Batches from `batches`; on CUDA one batch runs on the GPU while the next is made."""
         ahead = 1 if self.device.type == "cuda" else 0
         running: list[tuple[_Loaded, _Running | None]] = []
-        for items in _batches(loader, batch_size):
-            loaded = _collate(items)
+        for loaded in self.batches(studies, batch_size=batch_size, workers=workers):
             running.append((loaded, self._launch(loaded.batch) if loaded.batch is not None else None))
             if len(running) > ahead:
                 yield self._predictions(studies, *running.pop(0))

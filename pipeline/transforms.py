@@ -40,6 +40,7 @@ __all__ = [
     "epoch_transform",
     "preprocess",
     "preprocess_settings",
+    "pad_square",
     "preprocess_transform",
     "resize_reduced",
     "normalise_transform",
@@ -107,8 +108,9 @@ def preprocess(
     if reduction > 1:
         if full_size is None:
             raise ValueError("a reduced image needs the full image's size")
-        array = resize_reduced(array[0], full_size, reduction, config.image_size)[None]
-        return np.ascontiguousarray(_pad_transform(config.image_size)(array), dtype=np.float32)
+        return pad_square(
+            resize_reduced(array[0], full_size, reduction, config.image_size), config.image_size
+        )
     return np.ascontiguousarray(preprocess_transform(config)(array), dtype=np.float32)
 
 
@@ -148,16 +150,14 @@ def _pooling_band(full: int, reduced: int, reduction: int, out: int) -> tuple[np
     return np.minimum(index, reduced - 1), weight.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=8)
-def _pad_transform(size: int) -> Compose:
-    """The padding half of `preprocess_transform`, for images already resized."""
-    return Compose(
-        [
-            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
-            SpatialPad(spatial_size=(size, size), method="symmetric", mode="constant", value=0.0),
-            EnsureType(data_type="numpy", dtype=np.float32, track_meta=False),
-        ]
-    )
+def pad_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """`[h, w]` to `[1, size, size]` with zeros (air) around it, split as MONAI's symmetric `SpatialPad`
+    does (the smaller half first); the same numbers, without its conversions (a tenth of the time)."""
+    rows, cols = pixels.shape
+    top, left = (size - rows) // 2, (size - cols) // 2
+    out = np.zeros((1, size, size), dtype=np.float32)
+    out[0, top : top + rows, left : left + cols] = pixels
+    return out
 
 
 def augment_transform(config: ModelConfig, settings: AugmentSettings | None = None) -> Compose:

@@ -26,7 +26,7 @@ from pipeline.dicom import XrayImage, read_image
 from pipeline.errors import ImageError
 from pipeline.predict import Predictor, load_model
 from pipeline.studies import scan_folder
-from pipeline.transforms import preprocess, resize_reduced
+from pipeline.transforms import pad_square, preprocess, resize_reduced
 from tests.pipeline.badfiles import BadCase, _dataset, _save, make_bad_corpus
 
 REAL_DEV = Path(
@@ -105,6 +105,25 @@ def test_block_mean_is_the_rounded_integer_mean_of_each_block() -> None:
         for j in range(3):
             block = arr[3 * i : 3 * i + 3, 3 * j : 3 * j + 3].astype(np.float64)
             assert out[i, j] == np.floor(block.mean() + 0.5), (i, j)
+
+
+@pytest.mark.parametrize("shape, factor", [((9, 10), 4), ((16, 16), 4), ((17, 5), 2), ((12, 12), 3)])
+def test_block_mean_rounds_full_and_edge_blocks_alike(shape: tuple[int, int], factor: int) -> None:
+    arr = np.random.default_rng(1).integers(0, 4096, shape).astype(np.uint16)
+    out = dicom._block_mean(arr, factor)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            block = arr[factor * i : factor * i + factor, factor * j : factor * j + factor].astype(np.float64)
+            assert out[i, j] == np.floor(block.mean() + 0.5), (i, j)
+
+
+@pytest.mark.parametrize("shape", [(224, 211), (100, 224), (223, 224), (224, 224)])
+def test_pad_square_is_monai_symmetric_padding(shape: tuple[int, int]) -> None:
+    from monai.transforms import SpatialPad
+
+    pixels = np.random.default_rng(0).random(shape).astype(np.float32)
+    expected = SpatialPad((224, 224), method="symmetric", mode="constant", value=0.0)(pixels[None])
+    np.testing.assert_array_equal(pad_square(pixels, 224), np.asarray(expected))
 
 
 def test_block_mean_does_not_overflow_and_keeps_signed_values() -> None:
