@@ -5,7 +5,7 @@ among them (empty, text, cut short), then times `scan_folder(workers=1)` and `sc
 process per usable core) in interleaved rounds, checks both give the same result, and prints files/s,
 the ratio (targets: >= 1.6x on 2 cores, >= 4x on 16) and the bytes the scan read per file.
 
-    python bench/scan.py [--files 800] [--side 1024] [--rounds 3] [--workers N]
+    python bench/scan.py [--files 3000] [--side 512] [--rounds 3] [--workers N]
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def read_bytes() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=800)
-    parser.add_argument("--side", type=int, default=1024, help="phantom size in pixels")
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--side", type=int, default=512, help="phantom size in pixels")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=usable_cores(), help="default: the usable cores")
     args = parser.parse_args(argv)

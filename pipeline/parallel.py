@@ -5,6 +5,10 @@ forkserver (spawn where there is none), so it is safe to call from a thread (the
 worker's log records and warnings are replayed here, through this process's handlers and filters
 (the de-identifying log filter included). An item whose worker process dies (a decoder crash) is
 retried alone in a fresh pool; if it kills that one too, `on_crash(item)` stands for its result.
+
+The pool is kept for the next call (one per worker count, shut down at exit): a new worker re-runs
+the main script's imports (Python 3.11's forkserver never preloads `__main__`), which for a script
+that imports torch costs seconds, so a pool per scan would cost that on every scan.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -53,12 +58,8 @@ def parallel_map(
     size = max(1, min(_MAX_CHUNK, math.ceil(len(items) / (workers * _CHUNKS_PER_WORKER))))
     pending = deque(list(items[i : i + size]) for i in range(0, len(items), size))
     while pending:
-        pool = ProcessPoolExecutor(
-            max_workers=min(workers, len(pending)),
-            mp_context=_context(preload),
-            initializer=_start_worker,
-            initargs=(logging.getLogger().getEffectiveLevel(),),
-        )
+        pool = _pool(workers, preload)
+        futures = []
         try:
             futures = [pool.submit(_run_chunk, fn, chunk, args) for chunk in pending]
             for future in futures:
@@ -66,14 +67,56 @@ def parallel_map(
                 _replay(records, caught)
                 pending.popleft()
                 yield from results
-        except BrokenProcessPool:
+        except BrokenProcessPool:  # every unfinished task fails, not only the one that killed its worker
+            _discard(workers, pool)
             chunk = pending.popleft()
             if len(chunk) == 1:
-                yield on_crash(chunk[0])
+                yield _alone(fn, chunk[0], args, workers, preload, on_crash)
             else:  # find the item that kills its worker: retry the chunk one item at a time
                 pending.extendleft([item] for item in reversed(chunk))
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future in futures:  # a caller that stopped early leaves nothing queued behind
+                future.cancel()
+
+
+def _alone(
+    fn: Callable[..., R], item: T, args: tuple[Any, ...], workers: int, preload: Sequence[str], on_crash
+) -> R:
+    """One item run by itself, so that if the pool breaks, this item broke it."""
+    pool = _pool(workers, preload)
+    try:
+        results, records, caught = pool.submit(_run_chunk, fn, [item], args).result()
+    except BrokenProcessPool:
+        _discard(workers, pool)
+        return on_crash(item)
+    _replay(records, caught)
+    return results[0]
+
+
+_pools: dict[int, ProcessPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int, preload: Sequence[str]) -> ProcessPoolExecutor:
+    """The kept pool of `workers` processes (made on first use; callers in several threads share it)."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=_context(preload),
+                initializer=_start_worker,
+                initargs=(logging.getLogger().getEffectiveLevel(),),
+            )
+        return pool
+
+
+def _discard(workers: int, pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool, so the next call starts a fresh one."""
+    with _pools_lock:
+        if _pools.get(workers) is pool:
+            del _pools[workers]
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:

@@ -85,3 +85,17 @@ def test_a_crash_while_scanning_sets_the_file_aside(tmp_path: Path) -> None:
 
 def test_usable_cores_is_the_affinity() -> None:
     assert usable_cores() == len(os.sched_getaffinity(0))
+
+
+def worker_pid(item: int) -> int:
+    return os.getpid()
+
+
+def test_the_pool_is_kept_for_the_next_call_and_renewed_after_a_crash() -> None:
+    """New workers re-run the main script's imports, so a scan reuses the last scan's workers."""
+    first = set(parallel_map(worker_pid, list(range(20)), workers=2, on_crash=lambda item: -1))
+    second = set(parallel_map(worker_pid, list(range(20)), workers=2, on_crash=lambda item: -1))
+    assert second <= first and os.getpid() not in first
+    assert list(parallel_map(square_or_die, [1, 2], (2,), workers=2, on_crash=lambda item: -item)) == [1, -2]
+    after = set(parallel_map(worker_pid, list(range(20)), workers=2, on_crash=lambda item: -1))
+    assert after.isdisjoint(first)  # the broken pool was replaced
