@@ -120,11 +120,11 @@ def _discard(workers: int, pool: ProcessPoolExecutor) -> None:
 
 
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """Forkserver, importing the main module and `preload` once, so each worker is a cheap fork.
+    """Forkserver, importing `preload` once, so each worker starts as a fork with those modules loaded.
 
-    With `__main__` preloaded, workers do not re-run the main script as spawn would (scripts still
-    need the usual `if __name__ == "__main__":` guard). The preload list is fixed when the
-    forkserver starts, at the first parallel call of the process.
+    Each new worker still runs the main script's imports (as spawn does), so scripts need the usual
+    `if __name__ == "__main__":` guard; "__main__" stays in the preload list for Pythons whose
+    forkserver honours it. The list is fixed when the forkserver starts (the first parallel call).
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
