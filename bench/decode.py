@@ -1,9 +1,12 @@
 """Benchmark: images per second per core to read a ~2000x2000 radiograph and preprocess it to 224 px.
 
-twoview's path (`read_image` + `pipeline.transforms.preprocess`) against what a naive script does
-(`ds.pixel_array` -> float64 min-max -> PIL resize), side by side in one run, single-threaded, on
-RG1 (1955x1841, 15-bit CR) uncompressed and JPEG 2000 lossless. Run: `python bench/decode.py`.
-The decoded-image cache's second-epoch speed-up is measured by `bench/cache.py`.
+Three paths side by side in one run, single-threaded, on RG1 (1955x1841, 15-bit CR) uncompressed and
+JPEG 2000 lossless: the model path (`StudyDataset`'s decode: `read_image(target_size=2 x 224)`, which
+drops JPEG 2000 resolution levels or block-averages, then `preprocess` from the reduced pixels), the
+full-resolution path (`read_image` + `preprocess`, what the viewer decodes) and what a naive script does
+(`ds.pixel_array` -> float64 min-max -> PIL resize). Targets for the model path: >= 150 images/s
+uncompressed, >= 10 JPEG 2000. Run: `python bench/decode.py`. The decoded-image cache's second-epoch
+speed-up is measured by `bench/cache.py`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from PIL import Image  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 
 from models.config import ModelConfig  # noqa: E402
+from pipeline.data import DECODE_OVERSAMPLING  # noqa: E402
 from pipeline.dicom import read_image  # noqa: E402
 from pipeline.transforms import preprocess  # noqa: E402
 
-__all__ = ["Method", "naive", "twoview", "measure", "main"]
+__all__ = ["Method", "naive", "full_resolution", "model_path", "measure", "main"]
 
 Method = Callable[[Path], np.ndarray]
 FILES = {"uncompressed": "RG1_UNCR.dcm", "jpeg2000-lossless": "RG1_J2KR.dcm"}
@@ -44,9 +48,16 @@ def naive(path: Path) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels.astype(np.float32)).resize((SIZE, SIZE), Image.BILINEAR))
 
 
-def twoview(path: Path) -> np.ndarray:
-    """The project's path: checked decode, LUTs, robust scaling, then the MONAI preprocess."""
+def full_resolution(path: Path) -> np.ndarray:
+    """The project's full-resolution path: checked decode, LUTs, robust scaling, then the MONAI preprocess."""
     return preprocess(read_image(path).pixels, ModelConfig())
+
+
+def model_path(path: Path) -> np.ndarray:
+    """What `StudyDataset` does: decode at the lowest resolution that keeps 2 x 224 px, then preprocess."""
+    image = read_image(path, target_size=DECODE_OVERSAMPLING * SIZE)
+    full_size = (image.rows, image.columns)
+    return preprocess(image.pixels, ModelConfig(), full_size=full_size, reduction=image.reduction)
 
 
 def measure(methods: dict[str, Method], path: Path, rounds: int) -> dict[str, float]:
@@ -68,14 +79,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per method and encoding")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    methods: dict[str, Method] = {"naive": naive, "twoview": twoview}
+    methods: dict[str, Method] = {
+        "naive": naive,
+        "full-resolution": full_resolution,
+        "model path": model_path,
+    }
     print(f"read + preprocess to {SIZE} px, one core (torch threads {torch.get_num_threads()})")
-    print(f"{'encoding':<20}{'method':<16}{'images/s':>10}{'x naive':>10}")
+    print(f"{'encoding':<20}{'method':<16}{'images/s':>10}{'x naive':>10}{'x full':>10}")
     for encoding, name in FILES.items():
         path = Path(get_testdata_file(name))
         rates = measure(methods, path, args.rounds)
         for label, rate in rates.items():
-            print(f"{encoding:<20}{label:<16}{rate:>10.1f}{rate / rates['naive']:>10.2f}")
+            ratios = f"{rate / rates['naive']:>10.2f}{rate / rates['full-resolution']:>10.2f}"
+            print(f"{encoding:<20}{label:<16}{rate:>10.1f}{ratios}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
-"""`twoview predict` throughput: the streaming pipeline against a naive script and against the model alone.
+"""`twoview predict` throughput: end to end against the model alone, the data path alone and a naive script.
 
 Writes N two-view studies of ~2048 px phantom radiographs (a few made by `sample_data.generate.write_dataset`,
 cloned with new UIDs; uncompressed unless `--compression as-generated`), builds a default-size
-`ModelConfig()` model (224 px, random weights) and times, in one run:
+`ModelConfig()` model (DenseNet121 pair at 224 px, random weights) and times, in interleaved rounds:
   twoview   `predict_folder` end to end: scan, decode in DataLoader workers, fast model, write CSV
-  naive     pydicom `pixel_array` + PIL resize, one study at a time through the float32 model
-  ceiling   the fast model alone on pre-decoded batches (no file work at all)
-  decode    decoding + preprocessing alone, one process (what the workers must keep up with)
-Prints studies per second and the ratios (targets: twoview >= 3x naive and >= 70 % of the ceiling).
-`--memory 50 500` also runs `predict_folder` on that many studies in fresh processes and prints the
-peak RSS of the main process and of its decoding workers (takes several minutes and ~7 GB of disk).
-The defaults (24 studies, 3 rounds, no memory run) finish in about three minutes on 2 cores.
+  ceiling   the fast model alone on batches decoded beforehand (no file work at all)
+  data      the data path alone: the same workers and batches as `twoview`, without the model
+  naive     pydicom `pixel_array` + PIL resize, one study at a time, float32 model (CPU only; --no-naive skips)
+and once: decoding per core (one process, one thread, read + preprocess at the model path's resolution)
+and `python -m pipeline.cli predict` in a fresh process: seconds to its first written batch and in all.
+Prints the ratios (CPU targets: twoview >= 70 % of the ceiling and >= 3x naive; GPU: >= 50 % of the
+ceiling) and, without a GPU here, the data path per core times 16 against the H200 model ceiling
+measured on 2026-11-30 (a projection, not a measurement). `--memory 50 500` also prints peak RSS.
 
-    python bench/predict.py [--studies 24] [--rounds 3] [--batch-size 8] [--workers N] [--memory 50 500]
+    python bench/predict.py [--device cpu] [--studies 24] [--workers N] [--batch-size 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from models.checkpoint import save
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
-from pipeline.data import StudyDataset, collate
+from pipeline.data import StudyDataset
 from pipeline.outputs import errors_path
 from pipeline.predict import Predictor, default_workers, predict_folder
-from pipeline.studies import scan_folder
+from pipeline.studies import Study, scan_folder
 from sample_data.generate import write_dataset
 
 VIEWS = ("frontal", "lateral")
+#: The fast demo-size model alone on one H200 (torch 2.11, bf16), measured 2026-11-30 (shared/perf/gpu-2026-11-30.md).
+GPU_CEILING_STUDIES = 1751.0  # two-view studies/s at batch 64
+GPU_CEILING_IMAGES = 9516.0  # images/s at batch 512
+PROJECTED_CORES = 16
 
 
 def templates(folder: Path, side: int, uncompressed: bool) -> list[dict[str, pydicom.Dataset]]:
@@ -82,9 +87,8 @@ def write_studies(folder: Path, count: int, sources: list[dict[str, pydicom.Data
     return folder
 
 
-def run_twoview(folder: Path, model: TwoViewNet, args: argparse.Namespace, out: Path) -> float:
+def run_twoview(folder: Path, predictor: Predictor, args: argparse.Namespace, out: Path) -> float:
     """Studies per second of `predict_folder`, scan and CSV writing included."""
-    predictor = Predictor(model, device="cpu", fast=True)
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
     start = time.perf_counter()
@@ -95,6 +99,24 @@ def run_twoview(folder: Path, model: TwoViewNet, args: argparse.Namespace, out: 
     if summary.predicted != args.studies or summary.routes["joint"] != args.studies:
         raise SystemExit(f"expected {args.studies} two-view predictions, got {summary}")
     return args.studies / seconds
+
+
+def run_data(studies: tuple[Study, ...], predictor: Predictor, args: argparse.Namespace) -> float:
+    """Studies per second of the data path alone: the same workers and batches, no model."""
+    start = time.perf_counter()
+    count = sum(
+        len(b.indices) for b in predictor.batches(studies, batch_size=args.batch_size, workers=args.workers)
+    )
+    return count / (time.perf_counter() - start)
+
+
+def run_ceiling(batches: list, predictor: Predictor, count: int) -> float:
+    """Studies per second of the fast model alone on batches decoded beforehand."""
+    predictor.predict_batch(batches[0])  # warm-up: kernels are picked on the first call
+    start = time.perf_counter()
+    for batch in batches:
+        predictor.predict_batch(batch)
+    return count / (time.perf_counter() - start)
 
 
 def naive_image(path: Path, size: int, config: ModelConfig) -> torch.Tensor:
@@ -111,35 +133,45 @@ def run_naive(folder: Path, model: TwoViewNet, count: int) -> float:
     config, yes = model.config, torch.ones(1, dtype=torch.bool)
     start = time.perf_counter()
     with torch.no_grad():
-        for study in sorted(folder.iterdir()):
+        for study in sorted(p for p in folder.iterdir() if p.is_dir()):
             frontal, lateral = (naive_image(study / f"{v}.dcm", config.image_size, config) for v in VIEWS)
             torch.sigmoid(model(frontal, lateral, yes, yes).final)
     return count / (time.perf_counter() - start)
 
 
-def run_decode(folder: Path, config: ModelConfig, count: int) -> float:
-    """Studies per second of decoding + preprocessing alone, in this one process."""
-    dataset = StudyDataset(scan_folder(folder).studies, config=config)
-    start = time.perf_counter()
-    for index in range(len(dataset)):
-        dataset[index]
-    return count / (time.perf_counter() - start)
+def decode_per_core(studies: tuple[Study, ...], config: ModelConfig) -> float:
+    """Images per second of read + preprocess (the model path) in this process on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset = StudyDataset(studies, config=config)
+        dataset[0]
+        start = time.perf_counter()
+        for index in range(len(dataset)):
+            dataset[index]
+        return 2 * len(dataset) / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def run_ceiling(folder: Path, model: TwoViewNet, batch_size: int, count: int) -> float:
-    """Studies per second of the fast model alone on batches decoded beforehand."""
-    studies = scan_folder(folder).studies
-    dataset = StudyDataset(studies, config=model.config)
-    batches = [
-        collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        for start in range(0, len(dataset), batch_size)
-    ]
-    predictor = Predictor(model, device="cpu", fast=True)
-    predictor.predict_batch(batches[0])  # warm-up: oneDNN picks its kernels on the first call
+def first_batch(folder: Path, checkpoint: Path, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """Seconds from starting `python -m pipeline.cli predict` to its first written row, and to its end."""
+    out.unlink(missing_ok=True)
+    errors_path(out).unlink(missing_ok=True)
+    command = [sys.executable, "-m", "pipeline.cli", "predict", str(folder), "--model", str(checkpoint)]
+    command += ["-o", str(out), "--device", args.device, "--batch-size", str(args.batch_size)]
+    command += ["--workers", str(args.workers)]
     start = time.perf_counter()
-    for batch in batches:
-        predictor.predict_batch(batch)
-    return count / (time.perf_counter() - start)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = None
+    while process.poll() is None:
+        if first is None and out.exists() and out.read_text().count("\n") >= 2:
+            first = time.perf_counter() - start
+        time.sleep(0.01)
+    total = time.perf_counter() - start
+    if process.returncode != 0:
+        raise SystemExit(f"twoview predict failed ({process.returncode}): {' '.join(command)}")
+    return (first if first is not None else total), total
 
 
 _CHILD = """
@@ -179,6 +211,7 @@ def memory(tmp: Path, sources, model: TwoViewNet, args: argparse.Namespace) -> N
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--studies", type=int, default=24, help="two-view studies to time (default: 24)")
     parser.add_argument("--side", type=int, default=2048, help="phantom size in pixels (default: 2048)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -186,45 +219,67 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--compression", choices=("none", "as-generated"), default="none")
     parser.add_argument(
+        "--naive", action=argparse.BooleanOptionalAction, default=None, help="default: on CPU"
+    )
+    parser.add_argument(
         "--memory", type=int, nargs="*", default=[], help="study counts for peak RSS, e.g. 50 500"
     )
     args = parser.parse_args(argv)
+    naive = args.device == "cpu" if args.naive is None else args.naive
     torch.manual_seed(0)
     model = TwoViewNet(ModelConfig()).eval()
+    predictor = Predictor(model, device=args.device, fast=True)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         sources = templates(tmp / "seed", args.side, args.compression == "none")
         folder = write_studies(tmp / "studies", args.studies, sources)
+        studies = scan_folder(folder).studies
+        per_core = decode_per_core(studies, model.config)
+        batches = [b.batch for b in predictor.batches(studies, batch_size=args.batch_size, workers=0)]
         runs = {
-            "twoview": lambda: run_twoview(folder, model, args, tmp / "out.csv"),
-            "naive": lambda: run_naive(folder, model, args.studies),
-            "ceiling": lambda: run_ceiling(folder, model, args.batch_size, args.studies),
-            "decode": lambda: run_decode(folder, model.config, args.studies),
+            "twoview": lambda: run_twoview(folder, predictor, args, tmp / "out.csv"),
+            "ceiling": lambda: run_ceiling(batches, predictor, args.studies),
+            "data": lambda: run_data(studies, predictor, args),
         }
+        if naive:
+            runs["naive"] = lambda: run_naive(folder, model, args.studies)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.rounds):  # interleaved, so load from other jobs hits every path alike
             for name, run in runs.items():
                 times[name].append(run())
-        rate = {name: statistics.median(values) for name, values in times.items()}
-        cores = len(os.sched_getaffinity(0))
-        bound = cores / (cores / rate["ceiling"] + 1 / rate["decode"])
-        print(
-            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; {args.studies} two-view studies of ~{args.side} px "
-            f"({args.compression}), DenseNet121 x2 at 224 px; batch {args.batch_size}, {args.workers} workers; "
-            f"median of {args.rounds} interleaved rounds"
-        )
-        for name, value in rate.items():
-            print(f"  {name:<8} {value:7.2f} studies/s")
-        print(f"twoview / naive:   {rate['twoview'] / rate['naive']:.2f}x (target >= 3x)")
-        print(f"twoview / ceiling: {100 * rate['twoview'] / rate['ceiling']:.0f} % (target >= 70 %)")
-        print(
-            f"CPU-time bound with {cores} cores (model on all cores + decode, perfectly overlapped): "
-            f"{bound:.2f} studies/s = {100 * bound / rate['ceiling']:.0f} % of the ceiling"
-        )
+        checkpoint = save(model, tmp / "model.safetensors")
+        first, total = first_batch(folder, checkpoint, args, tmp / "cli.csv")
         if args.memory:
             print("peak memory of `predict_folder` in a fresh process:")
             memory(tmp, sources, model, args)
+    rate = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
+        f"{args.device}, {torch.get_num_threads()} threads; {args.studies} two-view studies of ~{args.side} px "
+        f"({args.compression}), DenseNet121 x2 at 224 px; batch {args.batch_size}, {args.workers} workers; "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    for name, value in rate.items():
+        spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
+        print(f"  {name:<8} {value:7.2f} studies/s  {2 * value:7.1f} images/s  (range {spread} studies/s)")
+    print(f"  decoding per core (one process, one thread): {per_core:.1f} images/s")
+    print(
+        f"twoview / ceiling: {100 * rate['twoview'] / rate['ceiling']:.0f} % (target >= 70 % on CPU, >= 50 % on GPU)"
+    )
+    if naive:
+        print(f"twoview / naive:   {rate['twoview'] / rate['naive']:.2f}x (target >= 3x on CPU)")
+    print(
+        f"`python -m pipeline.cli predict`: first batch written after {first:.2f} s, done after {total:.2f} s"
+    )
+    if args.device == "cpu":
+        projected = per_core * PROJECTED_CORES
+        share = min(projected / (2 * GPU_CEILING_STUDIES), 1.0)
+        print(
+            f"projection (not a measurement): data path {per_core:.0f} images/s per core x {PROJECTED_CORES} = "
+            f"{projected:.0f} images/s against the H200 model ceiling of {2 * GPU_CEILING_STUDIES:.0f} images/s "
+            f"({GPU_CEILING_STUDIES:.0f} two-view studies/s, batch 64; {GPU_CEILING_IMAGES:.0f} at batch 512): "
+            f"predict could reach {100 * share:.0f} % of it (target >= 50 %)"
+        )
 
 
 if __name__ == "__main__":

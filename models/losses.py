@@ -62,7 +62,7 @@ class LossTerms:
 
     total: Tensor
     heads: dict[str, Tensor]
-    counts: dict[str, int]
+    counts: dict[str, Tensor]  # 0-d integer tensors on the logits' device: reading them waits for the GPU
     weights: HeadWeights
 
 
@@ -87,16 +87,19 @@ class MultiViewLoss(nn.Module):
             total = weighted if total is None else total + weighted
         return LossTerms(total=total, heads=heads, counts=counts, weights=weights)
 
-    def _masked_bce(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
-        """Mean BCE over entries where the head ran and the label is known; 0 (still in the graph) if none."""
+    def _masked_bce(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean BCE over entries where the head ran and the label is known; 0 (still in the graph) if none.
+
+        Everything stays on the device: no `int()` or `.item()`, so a training step never waits for the GPU.
+        """
         known = ~torch.isnan(logits) & ~torch.isnan(labels)
         safe_logits = torch.where(known, logits, torch.zeros_like(logits))  # NaN must not reach BCE's grad
         safe_labels = torch.where(known, labels, torch.zeros_like(labels))
         per_entry = F.binary_cross_entropy_with_logits(
             safe_logits, safe_labels, pos_weight=self.pos_weight, reduction="none"
         )
-        count = int(known.sum())
-        return (per_entry * known).sum() / max(count, 1), count
+        count = known.sum()
+        return (per_entry * known).sum() / count.clamp(min=1), count
 
 
 def class_pos_weight(labels: Tensor, max_weight: float = 50.0) -> Tensor:

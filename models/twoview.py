@@ -3,6 +3,11 @@
 Each branch is MONAI's DenseNet split after dense block 3 into a `trunk` and a `tail`. A batch
 row runs only the trunks of the views it has; two-view rows also concatenate their block-3 maps
 and run the `joint` fusion path. Heads that did not run on a row give NaN there.
+
+On a GPU, pass the view masks on the CPU (the images on the GPU): the rows are then chosen on the
+host, with no wait for the GPU, and `shape_bucket` pads each view's rows to a multiple of it (by
+repeating the last row, whose extra outputs are dropped) so cuDNN and compiled graphs see a few
+batch shapes instead of a new one each step.
 """
 
 from __future__ import annotations
@@ -170,6 +175,9 @@ class TwoViewNet(nn.Module):
         self.lateral = copy.deepcopy(self.frontal)  # same start, independent parameters
         self.joint = _Fusion(self.config, trunk_channels(self.config))
         self.inference_dtype: torch.dtype | None = None
+        # Pad each view's rows to a multiple of this (None: exact sizes). In training the repeated rows
+        # take part in BatchNorm's batch statistics (a row counted up to twice); their outputs are dropped.
+        self.shape_bucket: int | None = None
 
     def forward(
         self, frontal: Tensor, lateral: Tensor, has_frontal: Tensor, has_lateral: Tensor
@@ -181,31 +189,40 @@ class TwoViewNet(nn.Module):
         return ViewLogits(**heads, route=route)
 
     def _route(self, frontal: Tensor, lateral: Tensor, has_frontal: Tensor, has_lateral: Tensor):
-        batch, k = has_frontal.shape[0], self.config.num_labels
-        both = has_frontal & has_lateral
-        blank = torch.full((batch, k), float("nan"), device=frontal.device)
+        batch, k, device = has_frontal.shape[0], self.config.num_labels, frontal.device
+        both = has_frontal & has_lateral  # on the masks' device: the CPU, when given there
+        blank = torch.full((batch, k), float("nan"), device=device)
         heads = {name: blank for name in HEADS}
         maps = {}
         for name, images, present in (("frontal", frontal, has_frontal), ("lateral", lateral, has_lateral)):
-            rows = present.nonzero().squeeze(1)
-            if rows.numel() == 0:
+            rows, count = self._rows(present.nonzero().squeeze(1), device)
+            if count == 0:
                 continue
             branch = getattr(self, name)
             maps[name] = branch.trunk(self._prepare(images.index_select(0, rows)))  # [Bv, C, H/16, W/16]
-            logits = branch.head(branch.tail(maps[name])).float()  # [Bv, K]
-            heads[name] = blank.index_copy(0, rows, logits)
+            logits = branch.head(branch.tail(maps[name]))[:count].float()  # [Bv, K]
+            heads[name] = blank.index_copy(0, rows[:count], logits)
         if both.any():
             # Two-view rows, as positions inside each view's subset of the batch.
-            in_frontal = (has_frontal.cumsum(0) - 1)[both]
-            in_lateral = (has_lateral.cumsum(0) - 1)[both]
+            in_frontal, count = self._rows((has_frontal.cumsum(0) - 1)[both], device)
+            in_lateral, _ = self._rows((has_lateral.cumsum(0) - 1)[both], device)
             joint = self.joint(
                 maps["frontal"].index_select(0, in_frontal), maps["lateral"].index_select(0, in_lateral)
-            )
-            heads["joint"] = blank.index_copy(0, both.nonzero().squeeze(1), joint.float())
+            )[:count]
+            heads["joint"] = blank.index_copy(0, both.nonzero().squeeze(1).to(device), joint.float())
+        has_frontal, both = has_frontal.to(device, non_blocking=True), both.to(device, non_blocking=True)
         single = torch.where(has_frontal.unsqueeze(1), heads["frontal"], heads["lateral"])
         heads["final"] = torch.where(both.unsqueeze(1), heads["joint"], single)
         route = torch.where(both, Route.JOINT, torch.where(has_frontal, Route.FRONTAL, Route.LATERAL))
         return heads, route
+
+    def _rows(self, rows: Tensor, device: torch.device) -> tuple[Tensor, int]:
+        """Row indices moved to `device`, padded to a multiple of `shape_bucket`; and how many are real."""
+        count = rows.numel()
+        if self.shape_bucket and count % self.shape_bucket:
+            padded = -(-count // self.shape_bucket) * self.shape_bucket
+            rows = torch.cat([rows, rows[-1:].expand(padded - count)])
+        return rows.to(device, non_blocking=True), count
 
     @staticmethod
     def _check_masks(frontal: Tensor, lateral: Tensor, has_frontal: Tensor, has_lateral: Tensor):

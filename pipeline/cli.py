@@ -10,13 +10,18 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.errors import ModelError
 from pipeline.errors import TwoviewError
 from pipeline.settings import ARCHITECTURES, TrainSettings, cli_flag
+
+if TYPE_CHECKING:
+    from pipeline.studies import ScanResult
 
 __all__ = ["build_parser", "main"]
 
@@ -61,16 +66,33 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.deidentify import Deidentifier
+    from pipeline.deidentify import Deidentifier, scrubbed_logs
     from pipeline.manifest import read_manifest
-    from pipeline.predict import predict_folder
     from pipeline.shards import parse_shard
+    from pipeline.sources import scan_with_progress
 
     if (args.folder is None) == (args.manifest is None):
         raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
     if args.images is not None and args.manifest is None:
         raise TwoviewError("--images is for --manifest; a FOLDER is scanned as it is")
-    source = args.folder if args.manifest is None else read_manifest(args.manifest, args.images, labels=())
+    deidentify = Deidentifier.from_env() if args.deidentify else None
+    if args.manifest is not None:
+        from pipeline.predict import predict_folder
+
+        source = read_manifest(args.manifest, args.images, labels=())
+    else:
+        # The scan needs no torch: it runs (on worker processes) while torch and MONAI import here.
+        if deidentify is not None:
+            deidentify = deidentify.under(args.folder)
+
+        def scan() -> ScanResult:
+            with scrubbed_logs(deidentify):
+                return scan_with_progress(Path(args.folder))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan") as background:
+            scanning = background.submit(scan)
+            from pipeline.predict import predict_folder
+        source = scanning.result()
     output = Path(args.output)
     if not output.parent.exists():
         log.info("creating the output folder %s", output.parent)
@@ -83,11 +105,11 @@ def _predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         fast=args.fast,
         shard=parse_shard(args.shard) if args.shard else None,
-        deidentify=Deidentifier.from_env() if args.deidentify else None,
+        deidentify=deidentify,
     )
     if summary.studies == 0:
         raise TwoviewError(
-            f"no studies to predict in {source}"
+            f"no studies to predict in {args.folder or args.manifest}"
             + (
                 f": all {summary.set_aside} files were set aside, see {summary.errors_output}"
                 if summary.set_aside
@@ -122,7 +144,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="decoding processes (default: spare cores, at most 4; 0: none)",
+        help="decoding processes (default: one per core but one; 0: decode in this process)",
     )
     p.add_argument(
         "--fast",

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.config import ModelConfig
-from pipeline.data import StudyDataset, collate
+from pipeline.data import StudyDataset, collate, worker_init
 from pipeline.dicom import read_header
 from pipeline.errors import ImageError, TrainError
 from pipeline.manifest import Manifest, read_manifest
@@ -63,6 +63,7 @@ class StudyDataModule(pl.LightningDataModule):
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            worker_init_fn=worker_init if workers > 0 else None,
             drop_last=shuffle and len(dataset) > self.settings.batch_size,  # no 1-row BatchNorm batches
         )
 

@@ -15,11 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length, get_nr_frames
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+)
 
 from pipeline.errors import (
     DimensionsError,
@@ -83,6 +92,7 @@ _SNIFF_BYTES = 64 * 1024  # how much of a preamble-less file is parsed to decide
 _PERCENTILE_SAMPLES = 2**18  # float images estimate their percentiles from about this many pixels
 _GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
+_SCALED_SYNTAXES = {JPEG2000Lossless, JPEG2000, JPEGBaseline8Bit}  # decoders that can skip detail
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,10 @@ class XrayImage:
     number_of_frames: int = 1
     view_code_meaning: str = ""  # View Code Sequence's CodeMeaning, e.g. "postero-anterior"
     device: str = ""  # Manufacturer and ManufacturerModelName, e.g. "twoview phantom" for our phantoms
+    # `read_image(target_size=)` shrinks by this factor: pixel (i, j) stands for the full image's
+    # rows i*r .. i*r+r-1 and columns j*r .. j*r+r-1 (the last ones for what is left); rows, columns
+    # and pixel_spacing always describe the full image.
+    reduction: int = 1
 
     @property
     def is_dicom(self) -> bool:
@@ -132,18 +146,22 @@ def is_dicom(path: str | Path) -> bool:
     return _looks_like_dicom(head)
 
 
-def read_image(path: str | Path, *, apply_voi: bool = True) -> XrayImage:
+def read_image(path: str | Path, *, apply_voi: bool = True, target_size: int | None = None) -> XrayImage:
     """Decode a DICOM, PNG or JPEG radiograph into float32 [0, 1] pixels plus metadata.
 
     `apply_voi=False` skips the file's VOI LUT / window, keeping the full modality range.
+    `target_size` (the model path) lets the decoder shrink the image by whole factors while its longer
+    side stays at least that many pixels; the viewer and Grad-CAM leave it None for full resolution.
     Raises an `ImageError` subclass (never anything else) for any file that cannot be used.
     """
     path = Path(path)
     kind = _sniff(path)
+    if target_size is not None and target_size < 1:
+        raise ValueError(f"target_size must be at least 1, got {target_size}")
     try:
         if kind == "dicom":
-            return _read_dicom(path, apply_voi=apply_voi)
-        return _read_picture(path)
+            return _read_dicom(path, apply_voi=apply_voi, target_size=target_size)
+        return _read_picture(path, target_size=target_size)
     except ImageError:
         raise
     except MemoryError as exc:
@@ -225,15 +243,19 @@ def _looks_like_dicom(head: bytes) -> bool:
 # --- DICOM -------------------------------------------------------------------------------------
 
 
-def _read_dicom(path: Path, *, apply_voi: bool) -> XrayImage:
-    """Parse, check the header against the pixel data, decode the first frame and scale it."""
+def _read_dicom(path: Path, *, apply_voi: bool, target_size: int | None = None) -> XrayImage:
+    """Parse, check the header against the pixel data, decode the first frame (reduced if asked) and scale it."""
     ds = _parse(path, stop_before_pixels=False)
     notes: list[str] = []
     _check_header(path, ds, notes)
     _check_length(path, ds)
-    raw = _decode_first_frame(path, ds, notes)
+    if target_size is None:
+        raw, reduction = _decode_first_frame(path, ds, notes), 1
+    else:
+        raw, reduction = _decode_reduced(path, ds, notes, target_size)
     pixels = _dicom_to_unit(path, raw, ds, apply_voi=apply_voi, notes=notes)
-    return _metadata(ds, path, pixels, notes)
+    image = _metadata(ds, path, pixels, notes)
+    return replace(image, reduction=reduction) if reduction != 1 else image
 
 
 def _parse(path: Path, *, stop_before_pixels: bool) -> Dataset:
@@ -438,6 +460,239 @@ def _padding_range(ds: Dataset) -> tuple[int, int] | None:
     return min(value, limit), max(value, limit)
 
 
+# --- reduced resolution for the model path -----------------------------------------------------
+
+
+def _decode_reduced(path: Path, ds: Dataset, notes: list[str], target: int) -> tuple[np.ndarray, int]:
+    """Frame 0 shrunk by a whole factor while its longer side stays >= `target`, and that factor.
+
+    JPEG 2000 is decoded at a lower resolution level and JPEG baseline through libjpeg's scaled
+    decode; whatever factor is left (all of it for other syntaxes) is a block average of the stored
+    integers, before any LUT, so the LUTs and percentiles then run on the small image.
+    """
+    rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
+    wanted = max(rows, cols) // target
+    if wanted < 2:
+        return _decode_first_frame(path, ds, notes), 1
+    scaled = _scaled_decode(ds, wanted)
+    raw, done = scaled if scaled is not None else (_native_view(ds), 1)
+    if raw is None:
+        raw = _decode_first_frame(path, ds, notes)  # warns for multi-frame itself
+    elif (frames := get_nr_frames(ds, warn=False)) > 1:
+        notes.append(f"multi-frame ({frames} frames): first frame used")
+    block = wanted // done
+    return _block_mean(raw, block, _padding_range(ds)), done * block
+
+
+def _scaled_decode(ds: Dataset, factor: int) -> tuple[np.ndarray, int] | None:
+    """Frame 0 decoded smaller by up to `factor` where the codec can (greyscale J2K, 8-bit JPEG), else None.
+
+    Any failure here also returns None: the full decoder then runs and reports the problem.
+    """
+    syntax = ds.file_meta.TransferSyntaxUID
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if syntax not in _SCALED_SYNTAXES or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=get_nr_frames(ds, warn=False))
+        if syntax == JPEGBaseline8Bit:
+            return _jpeg_draft(frame, factor) if _int(ds.get("BitsStored")) == 8 else None
+        return _j2k_reduced(frame, factor, signed=_int(ds.get("PixelRepresentation")) == 1)
+    except Exception:  # a damaged stream: the full decode will say why
+        return None
+
+
+def _native_view(ds: Dataset) -> np.ndarray | None:
+    """Frame 0 of uncompressed unsigned greyscale as a view on the file's bytes (no copy), else None.
+
+    Bits above Bits Stored are cleared (a copy) only when some pixel has them set.
+    """
+    if (
+        ds.file_meta.TransferSyntaxUID not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        or _int(ds.get("SamplesPerPixel", 1)) != 1
+        or _int(ds.get("PixelRepresentation")) != 0
+        or _int(ds.get("BitsAllocated")) not in (8, 16)
+        or str(ds.get("PhotometricInterpretation", "")).strip().upper() not in ("MONOCHROME1", "MONOCHROME2")
+    ):
+        return None
+    arr = pixel_array(ds, index=0, view_only=True, correct_unused_bits=False)
+    stored = _int(ds.get("BitsStored")) or 8 * arr.dtype.itemsize
+    if stored < 8 * arr.dtype.itemsize and int(arr.max()) >> stored:
+        arr = arr & np.array((1 << stored) - 1, dtype=arr.dtype)
+    return arr
+
+
+def _jpeg_draft(data: bytes, factor: int) -> tuple[np.ndarray, int] | None:
+    """An 8-bit greyscale JPEG decoded by libjpeg at 1/2, 1/4 or 1/8 scale (at most 1/`factor`)."""
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
+        if img.mode != "L":
+            return None
+        scale = _draft(img, factor)
+        return np.asarray(img), scale
+
+
+def _draft(img: Image.Image, factor: int) -> int:
+    """Ask a JPEG for libjpeg's scaled decode (1/2, 1/4 or 1/8, at most 1/`factor`); the scale it gives.
+
+    Pillow picks the largest power of two at most `min(w // w', h // h')`; asking for (w // s, h // s)
+    makes that exactly s.
+    """
+    width, height = img.size
+    scale = 1 << (min(factor, 8, width, height).bit_length() - 1)
+    if scale > 1:
+        img.draft(img.mode, (width // scale, height // scale))
+    return scale if img.size == (-(-width // scale), -(-height // scale)) else 1
+
+
+def _j2k_reduced(data: bytes, factor: int, *, signed: bool) -> tuple[np.ndarray, int] | None:
+    """A greyscale JPEG 2000 codestream decoded by openjpeg (in Pillow) with resolution levels dropped.
+
+    Dropping r levels gives the wavelet's low-pass image, 2**r times smaller per side (rounded up),
+    without decoding the detail bands at all. Returns None for what this path does not handle.
+    """
+    header = _j2k_header(data)
+    if header is None or header.components != 1 or header.precision > 16 or header.signed != signed:
+        return None
+    if header.x0 or header.y0:
+        return None  # an image offset shifts the reduced grid; rare enough to decode in full
+    levels = min(header.levels, factor.bit_length() - 1)  # 2**levels <= factor
+    if levels == 0:
+        return None
+    img = Image.open(io.BytesIO(data), formats=("JPEG2000",))
+    # Pillow's `reduce` rounds the reduced size to nearest where openjpeg rounds up, and then fails
+    # on sizes that differ; so we set the size and the decoder's reduce argument ourselves.
+    size = (-(-header.width >> levels), -(-header.height >> levels))
+    tile = img.tile[0]
+    codec, _, layers, *rest = tile.args
+    img._size = size
+    img.tile = [ImageFile._Tile(tile.codec_name, (0, 0, *size), tile.offset, (codec, levels, layers, *rest))]
+    with img:
+        arr = np.array(img)
+    # Pillow widens N-bit samples to 8 or 16 bits (and offsets signed ones); undo both, as pydicom does.
+    bits = 8 * arr.dtype.itemsize
+    if header.precision < bits:
+        np.right_shift(arr, bits - header.precision, out=arr)
+    if signed:
+        arr = (arr.astype(np.int32) - (1 << (header.precision - 1))).astype(f"i{arr.dtype.itemsize}")
+    return arr, 1 << levels
+
+
+@dataclass(frozen=True)
+class _J2KHeader:
+    width: int
+    height: int
+    x0: int
+    y0: int
+    components: int
+    precision: int
+    signed: bool
+    levels: int  # wavelet decomposition levels of component 0 (from COD, or a COC for it)
+
+
+def _j2k_header(data: bytes) -> _J2KHeader | None:
+    """The SIZ and COD/COC facts of a JPEG 2000 codestream's main header, or None if it is not one."""
+    if not data.startswith(b"\xff\x4f\xff\x51"):
+        return None
+    size = levels = None
+    at = 2
+    while at + 4 <= len(data):
+        marker, length = (
+            int.from_bytes(data[at : at + 2], "big"),
+            int.from_bytes(data[at + 2 : at + 4], "big"),
+        )
+        body = data[at + 4 : at + 2 + length]
+        if marker == 0xFF51 and len(body) >= 39:
+            width, height, x0, y0 = (int.from_bytes(body[2 + 4 * i : 6 + 4 * i], "big") for i in range(4))
+            components, ssiz = int.from_bytes(body[34:36], "big"), body[36]
+            size = (width - x0, height - y0, x0, y0, components, (ssiz & 0x7F) + 1, bool(ssiz & 0x80))
+        elif marker == 0xFF52 and len(body) >= 6 and levels is None:
+            levels = body[5]
+        elif marker == 0xFF53 and size is not None and len(body) >= 3 + (size[4] > 256):
+            wide = size[4] > 256
+            if int.from_bytes(body[: 1 + wide], "big") == 0:
+                levels = body[2 + wide]  # a COC for component 0 overrides the COD
+        elif marker == 0xFF90 or length < 2:
+            break
+        at += 2 + length
+    if size is None or levels is None:
+        return None
+    return _J2KHeader(*size, levels=levels)
+
+
+def _block_mean(arr: np.ndarray, factor: int, padding: tuple[int, int] | None = None) -> np.ndarray:
+    """`arr` shrunk `factor` times per side (rounded up) by averaging blocks, in its own dtype.
+
+    Integer sums run in a wide integer type, one strided pass per row and column offset, and are
+    rounded to the nearest integer; the last row and column of blocks average the pixels they have.
+    With `padding`, blocks mostly of padding stay padding and the others average their other pixels.
+    """
+    if factor <= 1:
+        return arr
+    pad = None
+    if padding is not None and arr.dtype.kind in "ui":
+        mask = (arr >= padding[0]) & (arr <= padding[1])
+        if mask.any():
+            pad = _block_sum(mask.view(np.uint8), factor, np.uint32).astype(np.int64)
+            arr = np.where(mask, np.zeros((), arr.dtype), arr)
+    if arr.dtype.kind == "f":
+        wide: type = np.float64
+    elif arr.dtype.kind == "u":
+        wide = np.uint32 if arr.dtype.itemsize <= 2 else np.uint64  # 65535 * 255**2 fits in 32 bits
+    else:
+        wide = np.int64
+    sums = _block_sum(arr, factor, wide)
+    if pad is None and arr.dtype.kind != "f":
+        return _rounded_mean(sums, factor, arr.shape, arr.dtype)
+    sizes = np.outer(_block_sizes(arr.shape[0], factor), _block_sizes(arr.shape[1], factor))
+    counts = sizes if pad is None else np.maximum(sizes - pad, 1)
+    counts = counts.astype(wide).reshape(counts.shape + (1,) * (arr.ndim - 2))
+    if arr.dtype.kind == "f":
+        out = (sums / counts).astype(arr.dtype)
+    else:
+        out = ((sums + counts // 2) // counts).astype(arr.dtype)  # rounded to nearest
+    if pad is not None:
+        out[pad * 2 > sizes] = padding[0]
+    return out
+
+
+def _rounded_mean(sums: np.ndarray, factor: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Block sums to rounded means: one shift (or division) for the full blocks, then the edge blocks."""
+    area = factor * factor
+    out = sums + area // 2
+    if area & (area - 1) == 0:
+        out >>= area.bit_length() - 1
+    else:
+        out //= area
+    row_sizes, col_sizes = _block_sizes(shape[0], factor), _block_sizes(shape[1], factor)
+    if row_sizes[-1] != factor:
+        counts = (row_sizes[-1] * col_sizes).astype(sums.dtype)
+        out[-1] = (sums[-1] + counts // 2) // counts
+    if col_sizes[-1] != factor:
+        counts = (row_sizes * col_sizes[-1]).astype(sums.dtype)
+        out[:, -1] = (sums[:, -1] + counts // 2) // counts
+    return out.astype(dtype)
+
+
+def _block_sum(arr: np.ndarray, factor: int, wide: type) -> np.ndarray:
+    """Sum of each `factor` x `factor` block of `arr` (partial blocks at the far edges), as `wide`."""
+    by_rows = arr[0::factor].astype(wide)
+    for i in range(1, min(factor, arr.shape[0])):
+        part = arr[i::factor]
+        by_rows[: len(part)] += part
+    out = by_rows[:, 0::factor].copy()
+    for j in range(1, min(factor, arr.shape[1])):
+        part = by_rows[:, j::factor]
+        out[:, : part.shape[1]] += part
+    return out
+
+
+def _block_sizes(n: int, factor: int) -> np.ndarray:
+    """Pixels per block along a side of `n`: `factor` each, the last block what is left."""
+    sizes = np.full(-(-n // factor), factor, dtype=np.int64)
+    sizes[-1] = n - factor * (len(sizes) - 1)
+    return sizes
+
+
 # --- intensity scaling -------------------------------------------------------------------------
 
 
@@ -529,8 +784,9 @@ def _robust_range(path: Path, values: np.ndarray, counts: np.ndarray | None) -> 
     values, counts = values[keep], counts[keep]
     if values.size == 0 or values.min() == values.max():
         raise EmptyImageError(path, "every pixel has the same value; the image is blank")
-    order = np.argsort(values, kind="stable")
-    values, counts = values[order], counts[order]
+    if not (values[1:] >= values[:-1]).all():  # LUTs and windows are usually monotonic: no sort needed
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
     total = counts.sum()
     below = np.cumsum(counts)
     above = np.cumsum(counts[::-1])[::-1]
@@ -544,14 +800,22 @@ def _robust_range(path: Path, values: np.ndarray, counts: np.ndarray | None) -> 
 # --- PNG and JPEG ------------------------------------------------------------------------------
 
 
-def _read_picture(path: Path) -> XrayImage:
-    """PNG/JPEG via Pillow: 8/16-bit grey kept, colour converted to grey, EXIF rotation applied."""
+def _read_picture(path: Path, *, target_size: int | None = None) -> XrayImage:
+    """PNG/JPEG via Pillow: 8/16-bit grey kept, colour converted to grey, EXIF rotation applied.
+
+    With `target_size`, a JPEG is decoded by libjpeg at a reduced scale and the rest block-averaged.
+    """
     notes: list[str] = []
     try:
         with Image.open(path) as img:
             _check_picture_size(path, img)
             if getattr(img, "n_frames", 1) > 1:
                 notes.append(f"multi-frame ({img.n_frames} frames): first frame used")
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation by a quarter turn
+                width, height = height, width
+            wanted = max(width, height) // target_size if target_size else 1
+            done = _draft(img, wanted) if wanted >= 2 and img.format == "JPEG" else 1
             arr = _picture_array(img, notes)
     except ImageError:
         raise
@@ -563,12 +827,16 @@ def _read_picture(path: Path) -> XrayImage:
         raise TruncatedPixelDataError(
             path, f"the image data is damaged or incomplete ({_describe(exc)})"
         ) from exc
-    if min(arr.shape) < MIN_SIDE:
+    if min(width, height) < MIN_SIDE:
         raise DimensionsError(
-            path, f"the image is {arr.shape[1]}x{arr.shape[0]} pixels; a radiograph needs at least {MIN_SIDE}"
+            path, f"the image is {width}x{height} pixels; a radiograph needs at least {MIN_SIDE}"
         )
+    arr = _block_mean(arr, wanted // done)
     pixels = _to_unit(path, arr, lambda v: v, invert=False, padding=None)
-    return _finish(XrayImage(pixels=pixels, path=path, rows=arr.shape[0], columns=arr.shape[1]), notes)
+    reduction = done * max(1, wanted // done)
+    return _finish(
+        XrayImage(pixels=pixels, path=path, rows=height, columns=width, reduction=reduction), notes
+    )
 
 
 def _check_picture_size(path: Path, img: Image.Image) -> None:

@@ -1,18 +1,21 @@
 """Batch prediction: `Predictor` turns studies into per-head probabilities; `predict_folder` streams a folder to a file.
 
-Decoding runs in DataLoader workers ahead of the model; each batch's rows are written (and fsynced)
-before the next is predicted, so memory stays flat and a rerun with the same output resumes.
+DataLoader workers decode one study at a time (not a batch each), in order, ahead of the model; this
+process gathers them into batches. On CUDA, batches go through pinned memory with asynchronous
+copies, and the next batch is sent to the GPU before the last one's results are read back. Each
+batch's rows are written (and fsynced) as they come, so memory stays flat and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
+import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,15 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 from models.checkpoint import load
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
-from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
+from pipeline.data import StudyDataset, StudySample, ViewBatch, collate, worker_init
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
 from pipeline.manifest import Manifest
 from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
+from pipeline.parallel import usable_cores
 from pipeline.progress import progress_bar
 from pipeline.records import Probabilities, StudyPrediction
 from pipeline.shards import Shard, select
-from pipeline.studies import ImageSource, ScanResult, SetAside, Study, scan_folder
+from pipeline.sources import gather
+from pipeline.studies import ImageSource, ScanResult, SetAside, Study
 
 __all__ = [
     "DEMO_MODEL",
@@ -42,10 +47,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The bundled demo model, used when no model is given.
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "demo.safetensors"
 _NO_VIEW = "no view of the study could be read, so it was not predicted"
+#: On CUDA, each view's rows are padded to a multiple of this (`TwoViewNet.shape_bucket`; exact in eval mode),
+#: so cuDNN meets a few batch shapes rather than one per mix of views.
+SHAPE_BUCKET = 8
 
 
 @dataclass
@@ -102,9 +111,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def default_workers() -> int:
-    """Decoding workers: one per spare core, at most 4 (0 decodes in the main process)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
+    """Decoding workers: one per usable core but the one this process feeds the model from (0 on one core)."""
+    return usable_cores() - 1
 
 
 def load_model(path: str | Path | None = None) -> tuple[TwoViewNet, Path]:
@@ -127,17 +135,12 @@ def load_model(path: str | Path | None = None) -> tuple[TwoViewNet, Path]:
 
 @dataclass
 class _Loaded:
-    """One loader batch: the decodable studies as a `ViewBatch` (None if none) and every study's decode errors."""
+    """One batch of studies: the decodable ones as a `ViewBatch` (None if none) and every study's decode errors."""
 
     batch: ViewBatch | None
-    indices: list[int]  # dataset index of each study in the loader batch, in order
+    indices: list[int]  # dataset index of each study in the batch, in order
     empty: list[bool]  # True where no view of the study could be read
     errors: list[tuple[SetAside, ...]]
-
-    def pin_memory(self) -> _Loaded:
-        if self.batch is not None:
-            self.batch = self.batch.pin_memory()
-        return self
 
 
 class _Studies(Dataset):
@@ -171,16 +174,50 @@ def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> 
     )
 
 
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefetch_factor(batch_size: int, workers: int) -> int:
+    """Studies each worker decodes ahead: together, two batches, so the model never waits for a whole one."""
+    return max(2, math.ceil(2 * batch_size / workers))
+
+
+@dataclass
+class _Running:
+    """A batch the model has been given: its sigmoid outputs, still on the device (on CUDA maybe not done)."""
+
+    heads: torch.Tensor  # [5, B, K]: frontal, lateral, joint, final (all float32), route as float
+    rows: int
+
+
 class Predictor:
     """A model ready for inference on one device (fast path unless `fast=False`): batches and studies in, probabilities out."""
 
     def __init__(
-        self, model: TwoViewNet, device: str | torch.device | None = None, fast: bool = True
+        self,
+        model: TwoViewNet,
+        device: str | torch.device | None = None,
+        fast: bool = True,
+        *,
+        copy_model: bool = True,
     ) -> None:
-        """Works on its own copy of `model`: the caller's network keeps its device and precision."""
+        """Works on its own copy of `model` (the caller's network keeps its device and precision), or with
+        `copy_model=False` on `model` itself, which it moves and switches to the fast path."""
         self.device = resolve_device(device)
-        own = copy.deepcopy(model).to(self.device).eval()
+        own = (copy.deepcopy(model) if copy_model else model).to(self.device).eval()
         self.model = own.fast() if fast else own.plain()
+        self.model.shape_bucket = SHAPE_BUCKET if self.device.type == "cuda" else None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # autotuning pays off now that batch shapes repeat
         self.config = model.config
         self.labels = model.config.labels
         self.thresholds = dict(model.config.thresholds)
@@ -191,15 +228,31 @@ class Predictor:
     ) -> Predictor:
         """Load a checkpoint (the demo model when `path` is None) into a Predictor."""
         model, _ = load_model(path)
-        return cls(model, device=device, fast=fast)
+        return cls(model, device=device, fast=fast, copy_model=False)
 
     def predict_batch(self, batch: ViewBatch) -> ViewLogits:
         """Probabilities (float32, on the CPU, NaN where a head did not run) for one `ViewBatch`."""
+        return self._finish(self._launch(batch))
+
+    def _launch(self, batch: ViewBatch) -> _Running:
+        """Send a batch to the device and queue the model on it (on CUDA: returns before the GPU is done)."""
         with torch.inference_mode():
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()  # so the copy below is asynchronous
+            # The masks stay on the CPU: the model picks each view's rows there, without waiting for the GPU.
+            masks = batch.has_frontal, batch.has_lateral
             batch = batch.to(self.device, non_blocking=True)
-            out = self.model(batch.frontal, batch.lateral, batch.has_frontal, batch.has_lateral).sigmoid()
-            heads = (getattr(out, name).float().cpu() for name in (*HEADS, "final"))
-            return ViewLogits(*heads, route=out.route.cpu())
+            out = self.model(batch.frontal, batch.lateral, *masks).sigmoid()
+            heads = [getattr(out, name).float() for name in (*HEADS, "final")]
+            heads.append(out.route.float()[:, None].expand_as(heads[0]))
+            return _Running(torch.stack(heads), len(batch))
+
+    @staticmethod
+    def _finish(running: _Running) -> ViewLogits:
+        """Wait for a launched batch and bring its outputs to the CPU in one copy."""
+        with torch.inference_mode():
+            heads = running.heads.cpu()
+        return ViewLogits(*heads[:4], route=heads[4, :, 0].long())
 
     def predict_studies(
         self, studies: Sequence[Study], *, batch_size: int = 8, workers: int = 0
@@ -218,17 +271,37 @@ class Predictor:
         workers = _check_settings(batch_size, workers)
         if not studies:
             return iter(())
+        return self._stream(studies, batch_size, workers)
+
+    def batches(self, studies: Sequence[Study], *, batch_size: int, workers: int) -> Iterator[_Loaded]:
+        """The batches the model gets, decoded one study per worker task and batched here, in order
+        (what `iter_predictions` runs the model on; alone, it times the data path)."""
         loader = DataLoader(
             _Studies(studies, self),
-            batch_size=batch_size,
+            batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
             num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
+            prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
+            worker_init_fn=worker_init if workers else None,
         )
-        return (self._predictions(studies, loaded) for loaded in loader)
+        return (_collate(items) for items in _batches(loader, batch_size))
 
-    def _predictions(self, studies: Sequence[Study], loaded: _Loaded) -> list[StudyPrediction]:
-        probs = self.predict_batch(loaded.batch) if loaded.batch is not None else None
+    def _stream(
+        self, studies: Sequence[Study], batch_size: int, workers: int
+    ) -> Iterator[list[StudyPrediction]]:
+        """Batches from `batches`; on CUDA one batch runs on the GPU while the next is made."""
+        ahead = 1 if self.device.type == "cuda" else 0
+        running: list[tuple[_Loaded, _Running | None]] = []
+        for loaded in self.batches(studies, batch_size=batch_size, workers=workers):
+            running.append((loaded, self._launch(loaded.batch) if loaded.batch is not None else None))
+            if len(running) > ahead:
+                yield self._predictions(studies, *running.pop(0))
+        while running:
+            yield self._predictions(studies, *running.pop(0))
+
+    def _predictions(
+        self, studies: Sequence[Study], loaded: _Loaded, running: _Running | None
+    ) -> list[StudyPrediction]:
+        probs = self._finish(running) if running is not None else None
         out, row = [], 0
         for index, empty, errors in zip(loaded.indices, loaded.empty, loaded.errors, strict=True):
             study = studies[index]
@@ -339,8 +412,8 @@ def _predict_folder(
     output_format(out_path)
     if predictor is None:
         model, model_path = load_model(model_path)
-        predictor = Predictor(model, device=device, fast=fast)
-    studies, set_aside = _gather(source)
+        predictor = Predictor(model, device=device, fast=fast, copy_model=False)
+    studies, set_aside = gather(source)
     if shard is not None:
         studies, set_aside = select(studies, set_aside, shard)
         logger.info("shard %s: %d studies", shard, len(studies))
@@ -411,24 +484,3 @@ def _run(
             for p in done:
                 summary.routes[p.route] += 1
             progress.update(len(chunk))
-
-
-def _gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
-    """The studies to predict and the files already set aside, from a folder, a manifest or a scan."""
-    if isinstance(source, Manifest):
-        return source.studies, ()
-    if isinstance(source, ScanResult):
-        return source.studies, source.set_aside
-    folder = Path(source)
-    if not folder.exists():
-        raise TwoviewError(f"{folder}: no such file or folder")
-    logger.info("scanning %s", folder)
-    with progress_bar(None, "files") as progress:
-
-        def step(done: int, total: int, path: Path) -> None:
-            progress.total = total
-            progress.update()
-
-        scan = scan_folder(folder, progress=step)
-    logger.info("found %d studies in %s (%d files set aside)", len(scan.studies), folder, len(scan.set_aside))
-    return scan.studies, scan.set_aside

@@ -9,6 +9,7 @@ an independent random draw per view (MONAI's own `*d` transforms share one draw 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ __all__ = [
     "epoch_transform",
     "preprocess",
     "preprocess_settings",
+    "pad_square",
     "preprocess_transform",
+    "resize_reduced",
     "normalise_transform",
 ]
 
@@ -73,7 +76,12 @@ def preprocess_settings(config: ModelConfig) -> dict[str, Any]:
 
 def preprocess_transform(config: ModelConfig) -> Compose:
     """Resize so the longer side is `image_size` (aspect ratio kept), pad with 0 (air) to a square."""
-    size = config.image_size
+    return _preprocess_transform(config.image_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _preprocess_transform(size: int) -> Compose:
+    """Built once per size: the transforms are deterministic, and building them costs more than running them."""
     return Compose(
         [
             EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
@@ -84,14 +92,72 @@ def preprocess_transform(config: ModelConfig) -> Compose:
     )
 
 
-def preprocess(pixels: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """One decoded `[H, W]` (or `[1, H, W]`) image to the cached `[1, S, S]` float32 array."""
+def preprocess(
+    pixels: np.ndarray, config: ModelConfig, *, full_size: tuple[int, int] | None = None, reduction: int = 1
+) -> np.ndarray:
+    """One decoded `[H, W]` (or `[1, H, W]`) image to the cached `[1, S, S]` float32 array.
+
+    A reduced image (`read_image(target_size=)`: `reduction` > 1 and the original's `full_size`) is
+    resized as its full-size original would be (see `resize_reduced`), then padded the same way.
+    """
     array = np.asarray(pixels, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[0] != 1:
         raise ValueError(f"expected a [H, W] or [1, H, W] image, got shape {array.shape}")
+    if reduction > 1:
+        if full_size is None:
+            raise ValueError("a reduced image needs the full image's size")
+        return pad_square(
+            resize_reduced(array[0], full_size, reduction, config.image_size), config.image_size
+        )
     return np.ascontiguousarray(preprocess_transform(config)(array), dtype=np.float32)
+
+
+def resize_reduced(pixels: np.ndarray, full_size: tuple[int, int], reduction: int, size: int) -> np.ndarray:
+    """MONAI's "area" resize of the full image (longest side to `size`), computed from its block means.
+
+    That resize (torch's adaptive average pooling) averages, for output row i, the input rows
+    floor(i * H / h) .. ceil((i + 1) * H / h) - 1. Each reduced pixel stands for a `reduction`-wide
+    block, so the same average is the reduced pixels weighted by how much of each block the range
+    covers: exact where the blocks are uniform. Each output row or column mixes a few neighbours.
+    """
+    scale = size / max(full_size)
+    out_size = tuple(int(round(s * scale)) for s in full_size)  # as MONAI's Resize(size_mode="longest")
+    (row_index, row_weight), (col_index, col_weight) = (
+        _pooling_band(full, reduced, reduction, out)
+        for full, reduced, out in zip(full_size, pixels.shape, out_size, strict=True)
+    )
+    pixels = pixels.astype(np.float32, copy=False)
+    rows = sum(row_weight[:, k, None] * pixels[row_index[:, k]] for k in range(row_index.shape[1]))
+    return sum(col_weight[None, :, k] * rows[:, col_index[:, k]] for k in range(col_index.shape[1]))
+
+
+@functools.lru_cache(maxsize=64)
+def _pooling_band(full: int, reduced: int, reduction: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output i's adaptive-pooling range of `full` pixels as weights over the blocks it overlaps.
+
+    Returns `[out, K]` block indices and weights (summing to 1), K the most blocks any range overlaps.
+    """
+    i = np.arange(out)
+    start, stop = (i * full) // out, -((-(i + 1) * full) // out)
+    first, last = start // reduction, np.minimum((stop - 1) // reduction, reduced - 1)
+    index = first[:, None] + np.arange(int((last - first).max()) + 1)[None]
+    lo, hi = index * reduction, np.minimum((index + 1) * reduction, full)
+    overlap = np.minimum(stop[:, None], hi) - np.maximum(start[:, None], lo)
+    weight = np.where(index <= last[:, None], np.clip(overlap, 0, None), 0).astype(np.float64)
+    weight /= weight.sum(axis=1, keepdims=True)
+    return np.minimum(index, reduced - 1), weight.astype(np.float32)
+
+
+def pad_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """`[h, w]` to `[1, size, size]` with zeros (air) around it, split as MONAI's symmetric `SpatialPad`
+    does (the smaller half first); the same numbers, without its conversions (a tenth of the time)."""
+    rows, cols = pixels.shape
+    top, left = (size - rows) // 2, (size - cols) // 2
+    out = np.zeros((1, size, size), dtype=np.float32)
+    out[0, top : top + rows, left : left + cols] = pixels
+    return out
 
 
 def augment_transform(config: ModelConfig, settings: AugmentSettings | None = None) -> Compose:

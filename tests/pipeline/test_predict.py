@@ -146,13 +146,13 @@ def test_resume_predicts_only_the_studies_missing_from_the_output(folder, checkp
     first = out.read_text().splitlines()
     out.write_text("\n".join(first[:3]) + "\n")  # header + 2 of the 4 rows survive
     seen: list[str] = []
-    original = Predictor.predict_batch
+    original = Predictor._launch
 
     def counting(self, batch):
         seen.extend(batch.study_ids)
         return original(self, batch)
 
-    monkeypatch.setattr(Predictor, "predict_batch", counting)
+    monkeypatch.setattr(Predictor, "_launch", counting)
     summary = predict_folder(folder, out, checkpoint, device="cpu", workers=0)
     assert sorted(seen) == sorted(r.split(",")[0] for r in first[3:])
     assert (summary.skipped, summary.predicted) == (2, 2)

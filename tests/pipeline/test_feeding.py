@@ -1,0 +1,112 @@
+"""How `Predictor` feeds the model: one study per worker task, batches made here in study order, the
+next batch launched before the last one is read back on CUDA, and the default worker count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.config import ModelConfig
+from models.twoview import TwoViewNet
+from pipeline import predict
+from pipeline.parallel import usable_cores
+from pipeline.predict import Predictor, _batches, default_workers, prefetch_factor
+from pipeline.studies import scan_folder
+from tests.pipeline.conftest import write_dicom
+
+
+@pytest.fixture(scope="module")
+def eleven(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eleven single-view studies and one whose only file is cut short."""
+    root = tmp_path_factory.mktemp("eleven")
+    for i in range(11):
+        write_dicom(root / f"s{i:02d}.dcm", study_uid=f"1.2.{i + 10}", view_position="PA", seed=i)
+    cut = write_dicom(root / "cut.dcm", study_uid="1.2.5", view_position="PA", seed=99)
+    cut.write_bytes(cut.read_bytes()[:4000])
+    return root
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), device="cpu", fast=False)
+
+
+def test_batches_are_consecutive_and_the_last_may_be_short() -> None:
+    assert list(_batches(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(_batches([], 3)) == []
+
+
+def test_prefetch_keeps_two_batches_in_flight() -> None:
+    assert prefetch_factor(32, 15) * 15 >= 64 and prefetch_factor(32, 15) == 5
+    assert prefetch_factor(8, 1) == 16 and prefetch_factor(2, 8) == 2
+
+
+def test_default_workers_use_every_core_but_the_feeding_one() -> None:
+    assert default_workers() == usable_cores() - 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_studies_come_back_in_order_in_batches(eleven: Path, predictor: Predictor, workers: int) -> None:
+    studies = scan_folder(eleven).studies
+    chunks = list(predictor.iter_predictions(studies, batch_size=4, workers=workers))
+    assert [len(c) for c in chunks] == [4, 4, 4]
+    assert [p.study_id for c in chunks for p in c] == [s.study_id for s in studies]
+    failed = [p for c in chunks for p in c if not p.ok]
+    assert [p.study_id for p in failed] == ["1.2.5"] and "cannot be decoded" in failed[0].errors[0].reason
+
+
+def test_workers_decode_single_studies_not_batches(
+    eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: dict = {}
+    real = predict.DataLoader
+
+    def spy(*args, **kwargs):
+        made.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "DataLoader", spy)
+    list(predictor.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=2))
+    assert made["batch_size"] is None and made["num_workers"] == 2
+    assert made["prefetch_factor"] == prefetch_factor(4, 2)
+
+
+def test_on_cuda_the_next_batch_is_launched_before_the_last_is_read(
+    eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of events with a (pretend) CUDA device: launch 0, launch 1, read 0, launch 2, ..."""
+    events: list[str] = []
+    launch, finish = Predictor._launch, Predictor._finish
+
+    def launching(self, batch):
+        events.append(f"launch {len(events)}")
+        return launch(self, batch)
+
+    def finishing(running):
+        events.append("read")
+        return finish(running)
+
+    monkeypatch.setattr(Predictor, "_launch", launching)
+    monkeypatch.setattr(Predictor, "_finish", staticmethod(finishing))
+    studies = scan_folder(eleven).studies
+    monkeypatch.setattr(predictor, "device", torch.device("cuda"))
+    monkeypatch.setattr(predict.ViewBatch, "pin_memory", lambda self: self)  # no GPU here
+    monkeypatch.setattr(predict.ViewBatch, "to", lambda self, device, non_blocking=False: self)
+    chunks = list(predictor.iter_predictions(studies, batch_size=4, workers=0))
+    assert [e.split()[0] for e in events] == ["launch", "launch", "read", "launch", "read", "read"]
+    assert [p.study_id for c in chunks for p in c] == [s.study_id for s in studies]
+
+
+def test_predict_batch_reads_back_every_head_in_one_copy(eleven: Path, predictor: Predictor) -> None:
+    from pipeline.data import StudyDataset, collate
+
+    dataset = StudyDataset(scan_folder(eleven).studies[:3], config=predictor.config)
+    batch = collate([dataset[i] for i in range(3)])
+    running = predictor._launch(batch)
+    assert running.heads.shape == (5, 3, 2)
+    out = predictor._finish(running)
+    assert out.routes == ["frontal"] * 3 and out.route.dtype == torch.int64
+    assert torch.isnan(out.lateral).all() and not torch.isnan(out.final).any()
