@@ -23,11 +23,21 @@ from models.atomic import atomic_open
 from models.config import ModelConfig
 from pipeline.dicom import HIGH_PERCENTILE, LOW_PERCENTILE, read_image
 from pipeline.errors import ImageError, TwoviewError
+from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
 from pipeline.studies import ImageSource, Study
 from pipeline.transforms import AugmentSettings, PerViewd, epoch_transform, preprocess, preprocess_settings
 
-__all__ = ["CacheKey", "DatasetError", "ImageCache", "StudyDataset", "StudySample", "ViewBatch", "collate"]
+__all__ = [
+    "CacheKey",
+    "DatasetError",
+    "ImageCache",
+    "StudyDataset",
+    "StudySample",
+    "ViewBatch",
+    "collate",
+    "decode_view",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +197,11 @@ class ImageCache:
             logger.warning("cannot write cache entry %s (%s); continuing without it", entry, err)
 
 
+def decode_view(path: Path, config: ModelConfig, apply_voi: bool = True) -> np.ndarray:
+    """One file decoded and preprocessed to the model's `[1, S, S]` input (before normalisation)."""
+    return preprocess(read_image(path, apply_voi=apply_voi).pixels, config)
+
+
 class StudyDataset(Dataset[StudySample]):
     """Studies (+ optional `[N, K]` labels) as `StudySample`s: decode, preprocess (cached), augment, normalise.
 
@@ -204,8 +219,10 @@ class StudyDataset(Dataset[StudySample]):
         cache_key: CacheKey = "stat",
         apply_voi: bool = True,
         augment: AugmentSettings | None = None,
+        runner: Runner = direct,
     ) -> None:
         self.studies = tuple(studies)
+        self.runner = runner  # decodes each view (`pipeline.isolate.Isolated`: in a killable child)
         self.config = config
         self.train = train
         self.apply_voi = apply_voi
@@ -258,7 +275,7 @@ class StudyDataset(Dataset[StudySample]):
             return None
 
     def _decode(self, path: Path) -> np.ndarray:
-        return preprocess(read_image(path, apply_voi=self.apply_voi).pixels, self.config)
+        return self.runner(decode_view, path, self.config, self.apply_voi)
 
     def _seed_worker(self) -> None:
         """Give each DataLoader worker (and each epoch's workers) their own augmentation draws."""

@@ -23,6 +23,7 @@ from models.twoview import TwoViewNet, ViewLogits
 from pipeline.data import StudyDataset, StudySample, ViewBatch, collate
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
+from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
 from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
 from pipeline.progress import progress_bar
@@ -143,8 +144,8 @@ class _Loaded:
 class _Studies(Dataset):
     """A `StudyDataset` that also returns which files of each study failed to decode, and why."""
 
-    def __init__(self, studies: Sequence[Study], predictor: Predictor) -> None:
-        self.base = StudyDataset(studies, config=predictor.config, train=False)
+    def __init__(self, studies: Sequence[Study], predictor: Predictor, runner: Runner = direct) -> None:
+        self.base = StudyDataset(studies, config=predictor.config, train=False, runner=runner)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -202,24 +203,29 @@ class Predictor:
             return ViewLogits(*heads, route=out.route.cpu())
 
     def predict_studies(
-        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int = 0
+        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int = 0, runner: Runner = direct
     ) -> list[StudyPrediction]:
         """Every study's prediction, in order; a study none of whose views decodes comes back with route None."""
-        return [
-            p
-            for chunk in self.iter_predictions(studies, batch_size=batch_size, workers=workers)
-            for p in chunk
-        ]
+        chunks = self.iter_predictions(studies, batch_size=batch_size, workers=workers, runner=runner)
+        return [p for chunk in chunks for p in chunk]
 
     def iter_predictions(
-        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int | None = None
+        self,
+        studies: Sequence[Study],
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        runner: Runner = direct,
     ) -> Iterator[list[StudyPrediction]]:
-        """One list of predictions per batch, in study order; `workers` processes decode ahead (None: default)."""
+        """One list of predictions per batch, in study order; `workers` processes decode ahead (None: default).
+
+        `runner` decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
+        """
         workers = _check_settings(batch_size, workers)
         if not studies:
             return iter(())
         loader = DataLoader(
-            _Studies(studies, self),
+            _Studies(studies, self, runner),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=_collate,
@@ -296,12 +302,14 @@ def predict_folder(
     predictor: Predictor | None = None,
     shard: Shard | None = None,
     deidentify: Deidentifier | None = None,
+    runner: Runner = direct,
 ) -> PredictSummary:
     """Predict every study of a folder (scanned recursively), a manifest or a scan into `out_path` (.csv/.jsonl).
 
     Studies already in `out_path` are skipped; files set aside go to `<stem>.errors.csv`. A ready
     `predictor` replaces `model_path`, `device` and `fast`; a `shard` keeps only its share of studies;
-    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs.
+    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs; `runner`
+    reads and decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
     """
     if deidentify is not None and isinstance(source, (str, Path)):
         deidentify = deidentify.under(source)
@@ -317,6 +325,7 @@ def predict_folder(
             predictor=predictor,
             shard=shard,
             deidentify=deidentify,
+            runner=runner,
         )
 
 
@@ -332,6 +341,7 @@ def _predict_folder(
     predictor: Predictor | None,
     shard: Shard | None,
     deidentify: Deidentifier | None,
+    runner: Runner,
 ) -> PredictSummary:
     """`predict_folder`'s work, inside its log scrubbing."""
     start = time.perf_counter()
@@ -340,7 +350,7 @@ def _predict_folder(
     if predictor is None:
         model, model_path = load_model(model_path)
         predictor = Predictor(model, device=device, fast=fast)
-    studies, set_aside = _gather(source)
+    studies, set_aside = _gather(source, runner)
     if shard is not None:
         studies, set_aside = select(studies, set_aside, shard)
         logger.info("shard %s: %d studies", shard, len(studies))
@@ -379,6 +389,7 @@ def _predict_folder(
             batch_size=batch_size,
             workers=workers,
             deidentify=deidentify,
+            runner=runner,
         )
     summary.seconds = time.perf_counter() - start
     logger.info("%s", summary)
@@ -395,10 +406,12 @@ def _run(
     batch_size: int,
     workers: int | None,
     deidentify: Deidentifier | None = None,
+    runner: Runner = direct,
 ) -> None:
     """Predict and write batch by batch: the errors of a batch first, then its rows."""
     with progress_bar(len(studies), "studies") as progress:
-        for chunk in predictor.iter_predictions(studies, batch_size=batch_size, workers=workers):
+        chunks = predictor.iter_predictions(studies, batch_size=batch_size, workers=workers, runner=runner)
+        for chunk in chunks:
             if deidentify is not None:
                 chunk = [deidentify.prediction(p) for p in chunk]
             problems = [e for p in chunk for e in p.errors]
@@ -413,15 +426,15 @@ def _run(
             progress.update(len(chunk))
 
 
-def _gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
+def _gather(
+    source: str | Path | Manifest | ScanResult, runner: Runner = direct
+) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
     """The studies to predict and the files already set aside, from a folder, a manifest or a scan."""
     if isinstance(source, Manifest):
         return source.studies, ()
     if isinstance(source, ScanResult):
         return source.studies, source.set_aside
     folder = Path(source)
-    if not folder.exists():
-        raise TwoviewError(f"{folder}: no such file or folder")
     logger.info("scanning %s", folder)
     with progress_bar(None, "files") as progress:
 
@@ -429,6 +442,6 @@ def _gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ..
             progress.total = total
             progress.update()
 
-        scan = scan_folder(folder, progress=step)
+        scan = scan_folder(folder, progress=step, runner=runner)
     logger.info("found %d studies in %s (%d files set aside)", len(scan.studies), folder, len(scan.set_aside))
     return scan.studies, scan.set_aside

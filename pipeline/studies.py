@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.dicom import XrayImage, read_header, read_image
-from pipeline.errors import ImageError, TwoviewError, UnsupportedModalityError
+from pipeline.errors import DimensionsError, ImageError, TwoviewError, UnsupportedModalityError
+from pipeline.isolate import Runner, direct
 from pipeline.views import View, ViewDecision, detect_view
 
 __all__ = [
@@ -172,15 +173,24 @@ def scan_folder(
     progress: Progress | None = None,
     verify_pixels: bool = False,
     root_study: str | None = None,
+    runner: Runner = direct,
+    max_pixels: int | None = None,
 ) -> ScanResult:
     """Read every file under `path` (any name, DICOM by content) and group it into studies.
 
     Never stops on one bad file: unreadable, non-chest, duplicate and unknown-view files are listed
     in `set_aside` with the reason. Hidden files and CSV/TSV tables (manifests) are not read.
     `verify_pixels` decodes every image to catch damaged pixel data now rather than at training time.
+    `runner` reads each file (e.g. `pipeline.isolate.Isolated`, in a killable child process);
+    `max_pixels` caps the pixels of all images together, files past it are set aside unread.
     """
     sources, set_aside = collect_sources(
-        path, progress=progress, verify_pixels=verify_pixels, root_study=root_study
+        path,
+        progress=progress,
+        verify_pixels=verify_pixels,
+        root_study=root_study,
+        runner=runner,
+        max_pixels=max_pixels,
     )
     return assemble_studies(sources, set_aside=set_aside)
 
@@ -191,20 +201,30 @@ def collect_sources(
     progress: Progress | None = None,
     verify_pixels: bool = False,
     root_study: str | None = None,
+    runner: Runner = direct,
+    max_pixels: int | None = None,
 ) -> tuple[list[ImageSource], list[SetAside]]:
     """Read the header of each file under `path` and decide its view; pixels only when tags cannot.
 
     Pictures are grouped into folder studies (see the module docstring); `root_study` names the study
-    of pictures lying directly in `path` (default: the folder's own name).
+    of pictures lying directly in `path` (default: the folder's own name). `runner` and `max_pixels`
+    as in `scan_folder`.
     """
     root = Path(path)
-    if not root.exists():
-        raise TwoviewError(f"{root}: no such file or folder")
+    try:
+        root.stat()
+    except FileNotFoundError as err:
+        raise TwoviewError(f"{root}: no such file or folder") from err
+    except OSError as err:
+        raise TwoviewError(f"{root}: cannot be read ({err.strerror or err})") from err
     files, set_aside = _list_files(root)
     sources: list[ImageSource] = []
+    budget = _PixelBudget(max_pixels)
     for done, file in enumerate(files, start=1):
         try:
-            source = _read_source(file, root, verify_pixels=verify_pixels)
+            if max_pixels is not None:
+                budget.take(file, runner(read_header, file))
+            source = runner(_read_source, file, root, verify_pixels=verify_pixels)
         except UnsupportedModalityError as err:
             set_aside.append(SetAside(file, err.reason, kind="not_chest"))
         except ImageError as err:
@@ -223,6 +243,25 @@ def collect_sources(
         if progress is not None:
             progress(done, len(files), file)
     return group_loose_pictures(sources, root, root_study), set_aside
+
+
+class _PixelBudget:
+    """The pixels of the images read so far, against a cap for all of them together."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, path: Path, header: XrayImage) -> None:
+        """Count one image's pixels (from its header), or refuse it when they would pass the cap."""
+        pixels = header.rows * header.columns
+        if self.limit is not None and self.used + pixels > self.limit:
+            raise DimensionsError(
+                path,
+                f"not read: this {header.columns}x{header.rows} image would take the images read together "
+                f"past {self.limit / 1e6:.0f} megapixels ({self.used / 1e6:.0f} so far)",
+            )
+        self.used += pixels
 
 
 def group_loose_pictures(
@@ -341,27 +380,37 @@ def _path_id(path: Path, root: Path) -> str:
 def _list_files(root: Path) -> tuple[list[Path], list[SetAside]]:
     """Every regular file under root (or root itself), sorted, and the entries that cannot be used.
 
-    Hidden names and CSV/TSV tables are skipped; symbolic links are not followed (a link could lead
-    out of the folder); FIFOs, sockets, devices and unreadable folders are set aside with the reason.
+    Hidden names and CSV/TSV tables are skipped. Every entry is looked at on its own, so one that
+    cannot be read (a permission error, a vanished file) is set aside with the reason and the scan
+    goes on. Links to folders are not followed and links to files only inside the scanned folder;
+    FIFOs, sockets and devices are set aside unopened.
     """
-    if root.is_file():
-        return [root], []
+    try:
+        if stat.S_ISREG(root.stat().st_mode):
+            return [root], []
+    except OSError as err:
+        raise TwoviewError(f"{root}: cannot be read ({err.strerror or err})") from err
     found: list[Path] = []
     aside: list[SetAside] = []
-
-    def unreadable(err: OSError) -> None:
-        where = Path(err.filename) if err.filename else root
-        aside.append(SetAside(where, f"the folder cannot be read ({err.strerror or err})"))
-
     inside = root.resolve()
-    for folder, dirs, names in os.walk(root, onerror=unreadable):
-        for name in [d for d in dirs if not d.startswith(".") and Path(folder, d).is_symlink()]:
-            aside.append(SetAside(Path(folder, name), "a link to a folder: not followed"))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not Path(folder, d).is_symlink())
-        for name in names:
-            if name.startswith("."):
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = [e for e in listing if not e.name.startswith(".")]
+        except OSError as err:
+            aside.append(SetAside(folder, f"the folder cannot be read ({err.strerror or err})"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(path)
+                    continue
+            except OSError as err:
+                aside.append(SetAside(path, f"cannot be read ({err.strerror or err})"))
                 continue
-            path = Path(folder, name)
             problem = _not_a_file(path, inside)
             if problem:
                 aside.append(SetAside(path, problem))
@@ -376,12 +425,16 @@ def _not_a_file(path: Path, inside: Path) -> str:
         mode = path.lstat().st_mode
         if stat.S_ISLNK(mode):
             target = path.resolve()
+            mode = target.stat().st_mode
+            if stat.S_ISDIR(mode):
+                return "a link to a folder: not followed"
             if not target.is_relative_to(inside):
                 return "a link to a file outside the scanned folder: not followed"
-            mode = target.stat().st_mode
     except (OSError, RuntimeError) as err:
         return f"the file cannot be read ({getattr(err, 'strerror', None) or err})"
     if stat.S_ISREG(mode):
         return ""
+    if stat.S_ISDIR(mode):
+        return "a folder that cannot be read"
     what = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     return f"not a regular file: {what}"
