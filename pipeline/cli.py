@@ -333,6 +333,13 @@ def _app(args: argparse.Namespace) -> int:
         if not model.is_file():
             raise TwoviewError(f"{args.model}: model file not found")
         env["TWOVIEW_MODEL"] = str(model)
+    if args.data_dir:
+        folders = [Path(d).expanduser().resolve() for d in args.data_dir]
+        missing = [str(d) for d in folders if not d.is_dir()]
+        if missing:
+            raise TwoviewError(f"--data-dir: no such folder: {', '.join(missing)}")
+        given = [d for d in env.get("TWOVIEW_DATA_DIRS", "").split(os.pathsep) if d]
+        env["TWOVIEW_DATA_DIRS"] = os.pathsep.join([*given, *map(str, folders)])
     command = [
         sys.executable, "-m", "streamlit", "run", str(entry),
         "--server.port", str(args.port),
@@ -354,6 +361,13 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501, help="port to listen on (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1: this machine)")
     p.add_argument("--model", help="the model to start with (default: $TWOVIEW_MODEL, else the demo model)")
+    p.add_argument(
+        "--data-dir",
+        action="append",
+        metavar="DIR",
+        help="a folder the app's pages may read (Batch, Fine-tune); repeat for several; added to "
+        "$TWOVIEW_DATA_DIRS (default: the bundled sample studies); the app's own folder always is one",
+    )
     p.set_defaults(handler=_app)
 
 

@@ -167,7 +167,7 @@ class _Child:
         try:
             self.conn.send(request)
             if not self.conn.poll(seconds):
-                raise _Stopped(f"reading it took longer than {seconds:.0f} s, so it was stopped")
+                raise _Stopped(f"reading it took longer than {seconds:g} s, so it was stopped")
             return self.conn.recv()
         except (EOFError, OSError) as err:
             self.process.join(1)

@@ -94,15 +94,20 @@ def huge_dicom(side: int = 16384, bits: int = 16) -> tuple[bytes, int]:
     return dicom_header(side, side, bits) + element, length
 
 
-def markup_dicom(url: str) -> bytes:
-    """A readable radiograph whose Modality, StudyInstanceUID and series text carry Markdown images of `url`."""
+def markup_dicom(url: str, *, readable: bool = False) -> bytes:
+    """A radiograph whose tags carry Markdown and HTML images of `url`.
+
+    By default its Modality (so it is refused, and the refusal names the Modality); `readable` keeps
+    Modality CR and puts them in its StudyInstanceUID and SeriesDescription instead (so it is predicted).
+    """
     import pydicom
 
     ds = pydicom.dcmread(SAMPLE_FRONTAL)
-    ds.Modality = f"![m]({url}/modality.png)"
-    ds.StudyInstanceUID = f"1.2`![s]({url}/study.png)`"
-    ds.SeriesDescription = f"<img src='{url}/html.png'>"
-    ds.BodyPartExamined = "CHEST"
+    if readable:
+        ds.StudyInstanceUID = f"1.2`![s]({url}/study.png)`"
+        ds.SeriesDescription = f"<img src='{url}/html.png'>"
+    else:
+        ds.Modality = f"![m]({url}/modality.png)"
     buffer = io.BytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()
