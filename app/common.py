@@ -24,7 +24,7 @@ from models.config import ModelConfig
 from models.errors import ModelError
 from pipeline.errors import TwoviewError
 from pipeline.explain import Explainer
-from pipeline.isolate import DEFAULT_SECONDS, Isolated
+from pipeline.isolate import Isolated
 from pipeline.predict import DEMO_MODEL, Predictor, load_model
 
 logger = logging.getLogger("twoview.app")
@@ -35,7 +35,6 @@ BUNDLED_MODELS = REPO / "sample_data" / "models"
 _chosen: dict[str, Path] = {}  # the model picked on the Model page, shared by every session of this process
 _chosen_lock = threading.Lock()
 DISPLAY_SIDE = 2048  # images are kept (and explained) at most this big: the browser shows 1024
-READ_SECONDS_ENV = "TWOVIEW_READ_SECONDS"  # the time one file may take to read, default `DEFAULT_SECONDS`
 CACHE_BYTES = 128 * 2**20  # each session's decoded images, and its heatmaps, at most this much each
 
 
@@ -125,7 +124,7 @@ class Session:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="twoview-session-"))
-        self.reader = Isolated(seconds=float(os.environ.get(READ_SECONDS_ENV) or DEFAULT_SECONDS))
+        self.reader = Isolated()  # $TWOVIEW_READ_SECONDS per file
         self._finalizer = weakref.finalize(self, _end_session, self.root, self.reader)
 
     def close(self) -> None:

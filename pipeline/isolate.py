@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 import threading
 import weakref
@@ -27,6 +28,7 @@ from pipeline.errors import ReaderStoppedError, TwoviewError
 __all__ = [
     "DEFAULT_MEMORY",
     "DEFAULT_SECONDS",
+    "SECONDS_ENV",
     "Cancelled",
     "Isolated",
     "Runner",
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 #: How file readers are called: `run(fn, path, *args, **kwargs)` returns `fn(path, *args, **kwargs)`.
 Runner = Callable[..., Any]
 DEFAULT_SECONDS = 60.0  # a 16384 x 16384 film decodes in about 10 s on one slow core
+SECONDS_ENV = "TWOVIEW_READ_SECONDS"  # the operator's choice of that limit
 DEFAULT_MEMORY = 4 * 2**30  # address space a child may add to what it starts with
 _PRELOAD = ["pipeline.isolate", "pipeline.studies", "pipeline.data"]  # imported once, in the fork server
 
@@ -76,8 +79,11 @@ class Isolated:
     does garbage collection of this object.
     """
 
-    def __init__(self, seconds: float = DEFAULT_SECONDS, memory: int | None = DEFAULT_MEMORY) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float | None = None, memory: int | None = DEFAULT_MEMORY) -> None:
+        """`seconds` per call: by default `$TWOVIEW_READ_SECONDS`, else `DEFAULT_SECONDS`."""
+        self.seconds = (
+            seconds if seconds is not None else float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS)
+        )
         self.memory = memory
         self._lock = threading.Lock()
         self._cancelled = threading.Event()

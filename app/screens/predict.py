@@ -53,7 +53,7 @@ def take_uploads(files: list) -> None:
         try:
             uploads.add(file.name, file)
         except UploadError as err:
-            problems.append(SetAside(Path(file.name), str(err)))
+            problems.append(SetAside(Path(file.name), str(err).removeprefix(f"{file.name}: ")))
     read_folder(uploads.root, f"upload:{abs(hash(key)) % 10**8}", problems, max_pixels=MAX_UPLOAD_PIXELS)
 
 
@@ -277,7 +277,8 @@ def show_study(
     st.markdown(f"**Route:** {ROUTE_TEXT[item.route]}")
     show_images(model, study, heat_label)
     table = probability_table(item, thresholds)
-    st.table(highlight(table), hide_index=True)
+    shown = table.assign(label=table["label"].map(markup.text))  # st.table renders Markdown in its cells
+    st.table(highlight(shown), hide_index=True)
     st.altair_chart(probability_chart(table), width="stretch")
     for error in item.errors:
         st.warning(problem(error.path, error.reason))

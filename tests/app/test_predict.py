@@ -42,7 +42,9 @@ def predict(at):
 
 
 def results(at) -> list[dict]:
-    return at.table[0].value.to_dict("records")
+    """The probability table, its label names unescaped (st.table renders Markdown, so the page escapes them)."""
+    rows = at.table[0].value.to_dict("records")
+    return [{**row, "label": row["label"].replace("\\", "")} for row in rows]
 
 
 def captions(at) -> list[str]:
