@@ -327,7 +327,23 @@ def _app(args: argparse.Namespace) -> int:
     entry = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     if not entry.is_file():
         raise TwoviewError(f"the app is not installed: {entry} is missing")
-    env = dict(os.environ)
+    env = _app_environment(args, dict(os.environ))
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(entry),
+        "--server.port", str(args.port),
+        "--server.address", args.host,
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    print(f"twoview app: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: exec replaced this process
+
+
+def _app_environment(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
+    """The app's environment: `--model` as TWOVIEW_MODEL, `--data-dir` folders added to TWOVIEW_DATA_DIRS."""
+    import os
+
     if args.model:
         model = Path(args.model).expanduser().resolve()
         if not model.is_file():
@@ -340,16 +356,7 @@ def _app(args: argparse.Namespace) -> int:
             raise TwoviewError(f"--data-dir: no such folder: {', '.join(missing)}")
         given = [d for d in env.get("TWOVIEW_DATA_DIRS", "").split(os.pathsep) if d]
         env["TWOVIEW_DATA_DIRS"] = os.pathsep.join([*given, *map(str, folders)])
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(entry),
-        "--server.port", str(args.port),
-        "--server.address", args.host,
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    print(f"twoview app: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    os.execve(sys.executable, command, env)
-    return 0  # not reached: exec replaced this process
+    return env
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:

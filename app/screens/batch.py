@@ -94,7 +94,7 @@ def main() -> None:
         st.warning(common.no_model_message(model))
     job: BatchJob | None = state.get("batch_job")
     running = job is not None and job.running
-    folder = st.text_input("Folder", value=str(common.SAMPLE_STUDIES), disabled=running)
+    folder = st.text_input("Folder", value=str(paths.data_dirs()[0]), disabled=running)
     default_out = common.folder("batch") / "predictions.csv"
     output = st.text_input(
         "Output file (.csv or .jsonl; an existing file is resumed)", value=str(default_out)

@@ -7,6 +7,7 @@ the job did not write is never shown, served or changed, one job per output, and
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
 
@@ -125,8 +126,14 @@ def test_two_jobs_on_one_output_never_write_a_study_twice(open_page, app_env):
     assert len(ids) == 24 == len(set(ids))
 
 
-def test_cancel_stops_the_job_and_a_rerun_resumes(open_page, app_env):
-    at = start(open_page("batch"), str(SAMPLE), "cancelled.csv")
+def test_cancel_stops_the_job_and_a_rerun_resumes(open_page, app_env, monkeypatch, tmp_path):
+    data = tmp_path / "data"
+    for copy in range(
+        8
+    ):  # copies of the sample studies (set aside as duplicates): a scan long enough to cancel
+        shutil.copytree(SAMPLE, data / f"copy{copy}")
+    monkeypatch.setenv("TWOVIEW_DATA_DIRS", str(data))
+    at = start(open_page("batch"), str(data), "cancelled.csv")
     job = at.session_state["batch_job"]
     button(at, "Cancel").click().run()
     deadline = time.monotonic() + 30
@@ -137,7 +144,7 @@ def test_cancel_stops_the_job_and_a_rerun_resumes(open_page, app_env):
     assert not at.exception and any("Cancelled" in str(p.proto.text) for p in at.get("progress"))
     written = (app_env / "batch" / "cancelled.csv").read_text().count("\n") - 1
     assert written < 24
-    again = wait_until_done(start(open_page("batch"), str(SAMPLE), "cancelled.csv"))
+    again = wait_until_done(start(open_page("batch"), str(data), "cancelled.csv"), timeout=300)
     assert again.session_state["batch_job"].summary.skipped == written
     assert (app_env / "batch" / "cancelled.csv").read_text().count("\n") == 25
 

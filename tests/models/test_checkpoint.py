@@ -277,3 +277,27 @@ def test_a_checkpoint_save_wrote_passes_check_in_every_dtype(tmp_path):
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / f"{dtype}.safetensors", dtype=dtype)
         assert check(path) == ModelConfig.tiny()
+
+
+CAPPED_LOAD = """
+import resource, sys
+from models.checkpoint import load
+with open("/proc/self/status") as status:
+    size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, resource.RLIM_INFINITY))  # torch imports lazily: leave room
+try:
+    load(sys.argv[1])
+    print("loaded")
+except BaseException as err:  # report what came out, whatever it is
+    print(f"{type(err).__name__}: {err}")
+"""
+
+
+def test_running_out_of_memory_while_loading_is_a_clean_error(tmp_path):
+    """A model that passes `check` but does not fit the memory left is refused with a message (a capped process)."""
+    path = save(TwoViewNet(ModelConfig()), tmp_path / "full.safetensors")  # 17 M parameters, 69 MB
+    done = subprocess.run(
+        [sys.executable, "-c", CAPPED_LOAD, str(path)], capture_output=True, text=True, timeout=300
+    )
+    answer = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
+    assert answer.startswith("CheckpointError") and "not enough memory to load this model" in answer, answer
