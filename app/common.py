@@ -1,22 +1,30 @@
-"""What every page shares: the app's folders, the active model (loaded once per process), error display."""
+"""What every page shares: the app's folders, the active model (loaded once per process), each browser
+session's upload folder and file reader, bounded image caches, and error display."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
-from collections.abc import Iterator
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
+from app import markup
 from models.checkpoint import read_config
 from models.config import ModelConfig
 from models.errors import ModelError
 from pipeline.errors import TwoviewError
 from pipeline.explain import Explainer
+from pipeline.isolate import Isolated
 from pipeline.predict import DEMO_MODEL, Predictor, load_model
 
 logger = logging.getLogger("twoview.app")
@@ -26,6 +34,8 @@ SAMPLE_STUDIES = REPO / "sample_data" / "studies"
 BUNDLED_MODELS = REPO / "sample_data" / "models"
 _chosen: dict[str, Path] = {}  # the model picked on the Model page, shared by every session of this process
 _chosen_lock = threading.Lock()
+DISPLAY_SIDE = 2048  # images are kept (and explained) at most this big: the browser shows 1024
+CACHE_BYTES = 128 * 2**20  # each session's decoded images, and its heatmaps, at most this much each
 
 
 def app_dir() -> Path:
@@ -70,7 +80,7 @@ def model_ready(path: Path) -> bool:
 
 def no_model_message(path: Path) -> str:
     return (
-        f"No model is available: {path} does not exist. Pick or upload a `.safetensors` checkpoint on the "
+        f"No model is available: {markup.text(path)} does not exist. Pick or upload a `.safetensors` checkpoint on the "
         "**Model** page, train one on **Fine-tune**, or start the app with `twoview app --model PATH` "
         "(or set `TWOVIEW_MODEL`)."
     )
@@ -109,13 +119,81 @@ def model_config(path: Path) -> ModelConfig:
     return read_config(path)
 
 
+class Session:
+    """What one browser session holds on the server: a folder for its uploads and a killable file reader."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="twoview-session-"))
+        self.reader = Isolated()  # $TWOVIEW_READ_SECONDS per file
+        self._finalizer = weakref.finalize(self, _end_session, self.root, self.reader)
+
+    def close(self) -> None:
+        """Remove the upload folder and end the reader's child process."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+def _end_session(root: Path, reader: Isolated) -> None:
+    reader.close()
+    shutil.rmtree(root, ignore_errors=True)
+    logger.info("session ended: removed %s", root)
+
+
+@st.cache_resource(scope="session", on_release=Session.close, show_spinner=False, max_entries=1)
+def _session(token: str) -> Session:
+    return Session()
+
+
+def session() -> Session:
+    """This browser session's `Session`; released (its folder removed) when the session disconnects.
+
+    Keyed by a token in the session's state as well as by the session: a new state (a new tab, or
+    each AppTest) gets its own even where two share a session id.
+    """
+    token = st.session_state.setdefault("session_token", uuid.uuid4().hex)
+    current = _session(token)
+    st.session_state["session"] = current
+    return current
+
+
+class BoundedCache:
+    """Arrays kept for a session by key, the least recently used dropped past `limit` bytes."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit = limit
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+
+    def get(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = make()
+        self._items[key] = value
+        while len(self._items) > 1 and self.nbytes > self.limit:
+            self._items.popitem(last=False)
+        return value
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self):
+        return self._items.items()
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show twoview's own errors as a message, never as a traceback."""
+    """Show twoview's own errors as a message (its text escaped), never as a traceback."""
     try:
         yield
     except (TwoviewError, ModelError) as err:
-        st.error(str(err))
+        st.error(markup.text(err))
 
 
 def to_display(pixels: np.ndarray) -> np.ndarray:

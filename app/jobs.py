@@ -2,7 +2,9 @@
 
 A training job is a `twoview train` process in its own session, so it outlives the browser tab
 (and the app); a small JSON record in a jobs folder (pid, run folder, command) lets a reload find it
-again. A batch job scans a folder and runs `predict_folder` in a thread, reporting its progress.
+again. A batch job scans a folder and runs `predict_folder` in a thread, reporting its progress;
+its files are read in a killable child process (`pipeline.isolate`), so Cancel stops it at once,
+and its output is claimed at Start: one job per output file, and only a file of ours is shown.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -21,7 +24,8 @@ from pathlib import Path
 
 from models.atomic import write_atomic
 from pipeline.errors import TwoviewError
-from pipeline.outputs import errors_path, output_format
+from pipeline.isolate import Cancelled, Isolated
+from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
 from pipeline.predict import Predictor, PredictSummary, predict_folder
 from pipeline.settings import TrainSettings
 from pipeline.studies import ScanResult, scan_folder
@@ -39,6 +43,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _POPEN: dict[int, subprocess.Popen] = {}  # children started by this process, so their exit can be read
+_OUTPUTS: set[Path] = set()  # outputs of the batch jobs running in this process
+_OUTPUTS_LOCK = threading.Lock()
 
 
 class JobError(TwoviewError):
@@ -208,24 +214,34 @@ def _unique_dir(path: Path) -> Path:
 
 @dataclass
 class BatchJob:
-    """Scan a folder and predict it into `output` in a background thread; poll `phase` and the counters."""
+    """Scan a folder and predict it into `output` in a background thread; poll `phase` and the counters.
+
+    `accepted` turns true once the output (and its errors file) proved to be ours at `start`: only
+    then may a page show or serve them.
+    """
 
     folder: Path
     output: Path
     predictor: Predictor
-    phase: str = "starting"  # starting, scanning, predicting, done, failed
+    phase: str = "starting"  # starting, scanning, predicting, done, failed, cancelled
     files_done: int = 0
     files_total: int = 0
     studies: int = 0
     error: str | None = None
     summary: PredictSummary | None = None
     started: float = field(default_factory=time.time)
+    accepted: bool = False
+    reader: Isolated = field(default_factory=Isolated, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.folder, self.output = Path(self.folder), Path(self.output)
         output_format(self.output)
-        if not self.folder.is_dir():
+        try:
+            is_folder = stat.S_ISDIR(self.folder.stat().st_mode)
+        except OSError:
+            is_folder = False
+        if not is_folder:
             raise JobError(f"{self.folder}: no such folder")
 
     @property
@@ -237,9 +253,30 @@ class BatchJob:
         return self.phase in ("starting", "scanning", "predicting")
 
     def start(self) -> BatchJob:
-        self._thread = threading.Thread(target=self._run, name=f"batch {self.folder}", daemon=True)
-        self._thread.start()
+        """Claim the output (refused if another job writes it, or if it is not a file of ours), then run."""
+        with _OUTPUTS_LOCK:
+            if self.output in _OUTPUTS:
+                raise JobError(
+                    f"{self.output} is being written by another Batch job; wait until it has finished "
+                    "(running it again then resumes it) or choose another output file"
+                )
+            _OUTPUTS.add(self.output)
+        try:
+            with (
+                PredictionsFile(self.output, self.predictor.labels, self.predictor.thresholds),
+                ErrorsFile(self.errors_output),
+            ):
+                self.accepted = True
+            self._thread = threading.Thread(target=self._run, name=f"batch {self.folder}", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def cancel(self) -> None:
+        """Stop the job: the file being read is abandoned at once; rows already written stay."""
+        self.reader.cancel()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -248,22 +285,33 @@ class BatchJob:
     def _run(self) -> None:
         try:
             self.phase = "scanning"
-            scan = scan_folder(self.folder, progress=self._scanned)
+            scan = scan_folder(self.folder, progress=self._scanned, runner=self.reader)
             self.studies = len(scan.studies)
             self.phase = "predicting"
             self.summary = self._predict(scan)
             self.phase = "done"
+        except Cancelled:
+            self.phase = "cancelled"
         except TwoviewError as err:
             self.error, self.phase = str(err), "failed"
         except Exception as err:  # the thread must always end in a state the page can show
             logger.exception("batch prediction of %s failed", self.folder)
             self.error, self.phase = f"unexpected {type(err).__name__}: {err}", "failed"
+        finally:
+            self.reader.close()
+            self._release()
+
+    def _release(self) -> None:
+        with _OUTPUTS_LOCK:
+            _OUTPUTS.discard(self.output)
 
     def _scanned(self, done: int, total: int, path: Path) -> None:
         self.files_done, self.files_total = done, total
+        if self.reader.cancelled:
+            raise Cancelled
 
     def _predict(self, scan: ScanResult) -> PredictSummary:
-        return predict_folder(scan, self.output, predictor=self.predictor, workers=0)
+        return predict_folder(scan, self.output, predictor=self.predictor, workers=0, runner=self.reader)
 
 
 def command_text(command: Sequence[str]) -> str:

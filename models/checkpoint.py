@@ -1,12 +1,15 @@
 """Checkpoints: one `.safetensors` file holding the weights, with the `ModelConfig` as JSON in its metadata.
 
 A checkpoint alone rebuilds its model, labels and preprocessing. Loading never unpickles: a
-pickle (`.pt`, `.pth`, `.ckpt`) is refused before anything in it is read.
+pickle (`.pt`, `.pth`, `.ckpt`) is refused before anything in it is read. `check` finds from the
+header alone everything `load` would trip over (the network built on the meta device, so a config
+declaring hundreds of billions of parameters costs nothing): the app runs it on every upload.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -22,12 +25,39 @@ from models.errors import CheckpointError, ConfigError
 from models.pretrained import IMPORTED_FORMAT
 from models.twoview import TwoViewNet
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "describe", "load", "read_config", "read_metadata", "save"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MAX_FEATURE_BYTES",
+    "MAX_PARAMETERS",
+    "check",
+    "describe",
+    "load",
+    "read_config",
+    "read_metadata",
+    "save",
+]
 
 FORMAT = "twoview"
 FORMAT_VERSION = 1
+MAX_PARAMETERS = 200_000_000  # a DenseNet121 pair with its fusion has 17 M; ten times that is no chest model
+MAX_FEATURE_BYTES = 256 * 2**20  # the largest feature map of one image (DenseNet121 at 2048 px: 256 MiB)
 _MAX_HEADER = 16 * 1024 * 1024  # a real header is a few hundred KB; bigger is forged
 _ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+_ITEM_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+_WRITTEN_FLOATS = ("F32", "F16", "BF16")  # what `save` writes floating weights as
+_NAMES = {torch.float32: "F32", torch.int64: "I64"}
 
 
 def save(
@@ -54,7 +84,11 @@ def save(
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a twoview checkpoint, read from its header alone (no weights)."""
-    path = Path(path)
+    return _metadata(Path(path), _read_header(Path(path))[0])
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """The .safetensors header as JSON, where the tensor data starts, and the file's size."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -64,9 +98,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             if head[8:9] != b"{":
                 _refuse_pickle(path, head)
                 raise CheckpointError(f"{path}: not a .safetensors checkpoint")
-            if size > _MAX_HEADER:
+            file_size = os.fstat(f.fileno()).st_size
+            if size > _MAX_HEADER or 8 + size > file_size:
                 raise CheckpointError(
-                    f"{path}: header claims {size} bytes; not a valid .safetensors checkpoint"
+                    f"{path}: header claims {size} bytes in a file of {file_size}; not a valid .safetensors "
+                    "checkpoint"
                 )
             f.seek(8)
             header = json.loads(f.read(size))
@@ -74,7 +110,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: the .safetensors header is not valid JSON") from err
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the .safetensors header is not a JSON object")
+    return header, 8 + size, file_size
+
+
+def _metadata(path: Path, header: dict[str, Any]) -> dict[str, str]:
+    metadata = header.get("__metadata__")
     if isinstance(metadata, dict) and metadata.get("format") == IMPORTED_FORMAT:
         raise CheckpointError(
             f"{path}: pretrained DenseNet weights (from 'twoview import-weights'), not a trained twoview "
@@ -94,12 +136,130 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` stored in a checkpoint, validated, without loading the weights."""
+    return _config(Path(path), read_metadata(path))
+
+
+def _config(path: Path, metadata: dict[str, str]) -> ModelConfig:
     try:
-        return ModelConfig.from_json(read_metadata(path)["config"])
+        return ModelConfig.from_json(metadata["config"])
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint has no model config") from err
     except ConfigError as err:
         raise CheckpointError(f"{path}: stored model config is invalid: {err}") from err
+
+
+def check(path: str | os.PathLike) -> ModelConfig:
+    """Refuse, from the header alone, a checkpoint that `load` or a prediction would fail on.
+
+    The config's network is built on the meta device (no memory): its parameter count must stay
+    under `MAX_PARAMETERS` and its largest feature map of one image under `MAX_FEATURE_BYTES`;
+    every tensor the network has must be in the file with its shape and a dtype `save` writes,
+    nothing else may be, and the tensors' bytes must lie end to end exactly up to the end of the file.
+    """
+    path = Path(path)
+    header, start, size = _read_header(path)
+    config = _config(path, _metadata(path, header))
+    net = _on_meta(path, config)
+    expected = {name: (tuple(t.shape), t.dtype) for name, t in net.state_dict().items()}
+    _check_entries(path, expected, {k: v for k, v in header.items() if k != "__metadata__"}, size - start)
+    _check_features(path, net, config)
+    return config
+
+
+def _on_meta(path: Path, config: ModelConfig) -> TwoViewNet:
+    """The config's network with no storage behind it, refused above `MAX_PARAMETERS`."""
+    try:
+        with torch.device("meta"):
+            net = TwoViewNet(config)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: the stored config does not build a network ({err})") from err
+    count = sum(p.numel() for p in net.parameters())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{path}: the stored config declares a network of {count / 1e6:,.1f} M parameters "
+            f"({count * 4 / 2**30:,.1f} GiB as float32); at most {MAX_PARAMETERS / 1e6:.0f} M are loaded"
+        )
+    return net
+
+
+def _check_entries(
+    path: Path,
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    found: dict[str, Any],
+    data_bytes: int,
+) -> None:
+    """The file's tensor entries against the network's: names, shapes, dtypes and byte ranges."""
+    problems: list[str] = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            problems.append(f"{len(keys)} {title} weights (e.g. {', '.join(keys[:3])})")
+    ranges: list[tuple[int, int]] = []
+    wrong: dict[str, list[str]] = {"with the wrong shape": [], "of a dtype twoview does not write": []}
+    wrong["whose byte range does not fit their shape"] = []
+    for name in sorted(set(expected) & set(found)):
+        shape, dtype = expected[name]
+        try:
+            kind, dims, (begin, end) = (
+                found[name]["dtype"],
+                tuple(found[name]["shape"]),
+                found[name]["data_offsets"],
+            )
+            fits = 0 <= begin <= end and end - begin == math.prod(int(d) for d in dims) * _ITEM_BYTES[kind]
+        except (KeyError, TypeError, ValueError):
+            wrong["whose byte range does not fit their shape"].append(f"{name}: not a valid tensor entry")
+            continue
+        allowed = _WRITTEN_FLOATS if dtype.is_floating_point else (_NAMES.get(dtype, str(dtype)),)
+        if dims != shape:
+            wrong["with the wrong shape"].append(f"{name}: {dims} vs {shape}")
+        elif kind not in allowed:
+            wrong["of a dtype twoview does not write"].append(f"{name}: {kind}, not {' or '.join(allowed)}")
+        elif not fits:
+            wrong["whose byte range does not fit their shape"].append(f"{name}: {begin}..{end}")
+        ranges.append((begin, end))
+    for title, items in wrong.items():
+        if items:
+            problems.append(f"{len(items)} weights {title} ({', '.join(items[:3])})")
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match the stored config: " + "; ".join(problems))
+    position = 0
+    for begin, end in sorted(ranges):
+        if begin != position:
+            break
+        position = end
+    if position != data_bytes:
+        raise CheckpointError(
+            f"{path}: the tensors declared in the header do not fill the file exactly ({data_bytes:,} bytes "
+            f"of data); the file is damaged or forged"
+        )
+
+
+def _check_features(path: Path, net: TwoViewNet, config: ModelConfig) -> None:
+    """Refuse a network whose largest feature map for one image passes `MAX_FEATURE_BYTES`."""
+    largest = 0
+
+    def hook(module: torch.nn.Module, inputs: object, output: object) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output.numel() * 4)
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            image = torch.empty(1, config.in_channels, config.image_size, config.image_size, device="meta")
+            maps = net.frontal.trunk(image)
+            net.frontal.head(net.frontal.tail(maps))
+            net.joint(maps, maps)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    if largest > MAX_FEATURE_BYTES:
+        raise CheckpointError(
+            f"{path}: at {config.image_size} px this network makes feature maps of {largest / 2**20:,.0f} MiB "
+            f"per image; at most {MAX_FEATURE_BYTES / 2**20:.0f} MiB are allowed, so predicting with it would "
+            "run out of memory"
+        )
 
 
 def load(
@@ -110,19 +270,23 @@ def load(
 ) -> TwoViewNet:
     """Rebuild the model a checkpoint holds, in eval mode, float32; refuse mismatches with their names."""
     path = Path(path)
-    config = read_config(path)
+    config = check(path)
     if expect_labels is not None and tuple(expect_labels) != config.labels:
         raise CheckpointError(
             f"{path}: the model predicts {list(config.labels)}, but {list(expect_labels)} were expected"
         )
-    model = TwoViewNet(config)
     try:
+        model = TwoViewNet(config)
         tensors = load_file(str(path), device="cpu")
+        _check_shapes(path, model.state_dict(), tensors)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+        return model.to(map_location).eval()
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the weights: {err}") from err
-    _check_shapes(path, model.state_dict(), tensors)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    return model.to(map_location).eval()
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+            raise
+        raise CheckpointError(f"{path}: not enough memory to load this model ({_describe(err)})") from err
 
 
 def _check_shapes(path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
@@ -139,6 +303,11 @@ def _check_shapes(path: Path, expected: dict[str, torch.Tensor], found: dict[str
         shown = ", ".join(f"{k}: {tuple(found[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3])
         parts.append(f"{len(wrong)} weights with the wrong shape ({shown})")
     raise CheckpointError(f"{path}: weights do not match the stored config: " + "; ".join(parts))
+
+
+def _describe(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _refuse_pickle(path: Path, head: bytes) -> None:

@@ -353,12 +353,7 @@ def _app(args: argparse.Namespace) -> int:
     entry = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     if not entry.is_file():
         raise TwoviewError(f"the app is not installed: {entry} is missing")
-    env = dict(os.environ)
-    if args.model:
-        model = Path(args.model).expanduser().resolve()
-        if not model.is_file():
-            raise TwoviewError(f"{args.model}: model file not found")
-        env["TWOVIEW_MODEL"] = str(model)
+    env = _app_environment(args, dict(os.environ))
     command = [
         sys.executable, "-m", "streamlit", "run", str(entry),
         "--server.port", str(args.port),
@@ -371,6 +366,25 @@ def _app(args: argparse.Namespace) -> int:
     return 0  # not reached: exec replaced this process
 
 
+def _app_environment(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
+    """The app's environment: `--model` as TWOVIEW_MODEL, `--data-dir` folders added to TWOVIEW_DATA_DIRS."""
+    import os
+
+    if args.model:
+        model = Path(args.model).expanduser().resolve()
+        if not model.is_file():
+            raise TwoviewError(f"{args.model}: model file not found")
+        env["TWOVIEW_MODEL"] = str(model)
+    if args.data_dir:
+        folders = [Path(d).expanduser().resolve() for d in args.data_dir]
+        missing = [str(d) for d in folders if not d.is_dir()]
+        if missing:
+            raise TwoviewError(f"--data-dir: no such folder: {', '.join(missing)}")
+        given = [d for d in env.get("TWOVIEW_DATA_DIRS", "").split(os.pathsep) if d]
+        env["TWOVIEW_DATA_DIRS"] = os.pathsep.join([*given, *map(str, folders)])
+    return env
+
+
 def _add_app(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "app",
@@ -380,6 +394,13 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501, help="port to listen on (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1: this machine)")
     p.add_argument("--model", help="the model to start with (default: $TWOVIEW_MODEL, else the demo model)")
+    p.add_argument(
+        "--data-dir",
+        action="append",
+        metavar="DIR",
+        help="a folder the app's pages may read (Batch, Fine-tune); repeat for several; added to "
+        "$TWOVIEW_DATA_DIRS (default: the bundled sample studies); the app's own folder always is one",
+    )
     p.set_defaults(handler=_app)
 
 

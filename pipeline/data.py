@@ -23,6 +23,7 @@ from models.atomic import atomic_open
 from models.config import ModelConfig
 from pipeline.dicom import HIGH_PERCENTILE, LOW_PERCENTILE, read_image
 from pipeline.errors import ImageError, TwoviewError
+from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
 from pipeline.studies import ImageSource, Study
 from pipeline.transforms import AugmentSettings, PerViewd, epoch_transform, preprocess, preprocess_settings
@@ -36,6 +37,7 @@ __all__ = [
     "StudySample",
     "ViewBatch",
     "collate",
+    "decode_view",
     "worker_init",
 ]
 
@@ -221,6 +223,18 @@ def worker_init(worker_id: int) -> None:
     set_track_meta(False)
 
 
+def decode_view(path: Path, config: ModelConfig, apply_voi: bool = True, reduced: bool = True) -> np.ndarray:
+    """One file decoded and preprocessed to the model's `[1, S, S]` input (before normalisation).
+
+    `reduced` decodes at `DECODE_OVERSAMPLING` times the model size where the codec allows (the model
+    path); full resolution otherwise.
+    """
+    target = DECODE_OVERSAMPLING * config.image_size if reduced else None
+    image = read_image(path, apply_voi=apply_voi, target_size=target)
+    size = (image.rows, image.columns) if image.reduction > 1 else None
+    return preprocess(image.pixels, config, full_size=size, reduction=image.reduction)
+
+
 class StudyDataset(Dataset[StudySample]):
     """Studies (+ optional `[N, K]` labels) as `StudySample`s: decode, preprocess (cached), augment, normalise.
 
@@ -241,8 +255,10 @@ class StudyDataset(Dataset[StudySample]):
         apply_voi: bool = True,
         augment: AugmentSettings | None = None,
         reduced: bool = True,
+        runner: Runner = direct,
     ) -> None:
         self.studies = tuple(studies)
+        self.runner = runner  # decodes each view (`pipeline.isolate.Isolated`: in a killable child)
         self.config = config
         self.train = train
         self.apply_voi = apply_voi
@@ -300,10 +316,7 @@ class StudyDataset(Dataset[StudySample]):
             return None
 
     def _decode(self, path: Path) -> np.ndarray:
-        target = DECODE_OVERSAMPLING * self.config.image_size if self.reduced else None
-        image = read_image(path, apply_voi=self.apply_voi, target_size=target)
-        size = (image.rows, image.columns) if image.reduction > 1 else None
-        return preprocess(image.pixels, self.config, full_size=size, reduction=image.reduction)
+        return self.runner(decode_view, path, self.config, self.apply_voi, self.reduced)
 
     def _seed_worker(self) -> None:
         """Give each DataLoader worker (and each epoch's workers) their own augmentation draws."""

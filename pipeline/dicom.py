@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,11 +21,13 @@ import pydicom
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
+from pydicom.filereader import read_file_meta_info, read_partial
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length, get_nr_frames
 from pydicom.uid import (
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -62,6 +67,9 @@ MIN_SIDE = 32  # smaller than this is an icon or a placeholder, not a radiograph
 MAX_SIDE = 16384  # a 43 cm detector at 0.05 mm is 8600 px; twice that is surely not a chest film
 MAX_FRAME_BYTES = 512 * 2**20  # declared size of the one frame we decode
 MAX_FILE_BYTES = 2 * 2**30  # whole files are read into memory; refuse bigger ones up front
+MAX_HEADER_READS = 100_000  # small reads (element headers and short values) one parse may make
+MAX_INFLATED_BYTES = 2 * MAX_FRAME_BYTES  # a deflated data set may unpack to at most this
+EXTRA_BYTES = 1 << 20  # bytes a file may hold beyond its header and twice its declared pixel data
 XRAY_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
 """Projection radiography. OT (secondary capture, often a digitised film) and a missing Modality
 are read too, with a warning; every other modality (CT, MR, US, NM, PT, MG, XA, ...) is refused."""
@@ -83,6 +91,8 @@ _MODALITY_NAMES = {
     "PX": "a panoramic dental image",
 }
 _NATIVE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian}
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # Pixel Data, Float and Double Float
+_SMALL_READ = 16  # element headers are 4 to 12 bytes; pixel data and long values come in bigger reads
 _PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -208,20 +218,30 @@ def read_header(path: str | Path) -> XrayImage:
 
 def _sniff(path: Path) -> str:
     """Return "dicom" or "picture", or raise NotAnImageError saying what the file is instead."""
-    if path.is_dir():
-        raise NotAnImageError(path, "this is a folder, not an image file")
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(_SNIFF_BYTES)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # a named pipe must not block
     except FileNotFoundError as exc:
         raise NotAnImageError(path, "the file does not exist") from exc
+    except IsADirectoryError as exc:
+        raise NotAnImageError(path, "this is a folder, not an image file") from exc
     except OSError as exc:
         raise NotAnImageError(path, f"the file cannot be opened ({_describe(exc)})") from exc
-    if size == 0:
-        raise NotAnImageError(path, "the file is empty (0 bytes)")
-    if size > MAX_FILE_BYTES:
-        raise DimensionsError(path, f"the file is {size / 2**30:.1f} GiB, more than the 2 GiB limit")
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise NotAnImageError(path, "this is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAnImageError(path, "not a regular file (a named pipe, socket or device)")
+        size = info.st_size
+        if size == 0:
+            raise NotAnImageError(path, "the file is empty (0 bytes)")
+        if size > MAX_FILE_BYTES:
+            raise DimensionsError(path, f"the file is {size / 2**30:.1f} GiB, more than the 2 GiB limit")
+        head = os.read(fd, _SNIFF_BYTES)
+    except OSError as exc:
+        raise NotAnImageError(path, f"the file cannot be read ({_describe(exc)})") from exc
+    finally:
+        os.close(fd)
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return "picture"
     if _looks_like_dicom(head):
@@ -259,14 +279,32 @@ def _read_dicom(path: Path, *, apply_voi: bool, target_size: int | None = None) 
 
 
 def _parse(path: Path, *, stop_before_pixels: bool) -> Dataset:
-    """dcmread with force=True (preamble-less files); a missing transfer syntax is inferred."""
+    """dcmread with force=True (preamble-less files), bounded; a missing transfer syntax is inferred.
+
+    Bounded in time and memory whatever the file holds: a deflated data set may not unpack beyond
+    `MAX_INFLATED_BYTES`; parsing gives up after `MAX_HEADER_READS` small reads (a run of empty
+    elements, e.g. gigabytes of zeros, would otherwise be walked 8 bytes at a time); a file far larger
+    than its header plus its declared pixel data is refused before the pixel data is read; and
+    parsing stops at the first element after the pixel data.
+    """
     try:
-        with _CappedReader(path) as f:
-            ds = pydicom.dcmread(f, force=True, stop_before_pixels=stop_before_pixels)
+        inflated = _inflate(path)
+        with _CappedReader(path, None if inflated is None else inflated[1]) as f:
+            header = _read(f, path, _at_pixel_data)
+            _check_file_size(path, header, pixels_at=f.tell(), size=f.size)
+            if stop_before_pixels:
+                ds = header
+            else:
+                f.seek(0)
+                ds = _read(f, path, _after_pixel_data())
+    except ImageError:
+        raise
     except Exception as exc:
         raise NotAnImageError(
             path, f"the DICOM header cannot be read; the file is damaged or incomplete ({_describe(exc)})"
         ) from exc
+    if inflated is not None:
+        ds.file_meta = inflated[0]
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
         if implicit:
@@ -276,16 +314,135 @@ def _parse(path: Path, *, stop_before_pixels: bool) -> Dataset:
     return ds
 
 
-class _CappedReader(io.BufferedReader):
-    """A file whose read(n) asks for at most the bytes left: a damaged length cannot make pydicom allocate it."""
+def _read(f: _CappedReader, path: Path, stop_when: Callable[[int, object, int], bool]) -> Dataset:
+    """One bounded pass of pydicom over the file, from its start.
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(io.FileIO(str(path), "rb"))
-        self._size = path.stat().st_size
+    Small reads are counted by the reader, top-level elements by the stop condition (the one count
+    that also sees the inside of a deflated data set, which pydicom unpacks into its own buffer).
+    """
+    f.reads_left = MAX_HEADER_READS
+    elements = 0
+
+    def counted(tag: int, vr: object, length: int) -> bool:
+        nonlocal elements
+        elements += 1
+        return elements > MAX_HEADER_READS or stop_when(tag, vr, length)
+
+    try:
+        ds = read_partial(f, counted, force=True)
+    except Exception:
+        if f.reads_left > 0 and elements <= MAX_HEADER_READS:
+            raise
+        ds = None
+    if f.reads_left <= 0 or elements > MAX_HEADER_READS or ds is None:
+        raise NotAnImageError(
+            path,
+            f"the DICOM data holds more than {MAX_HEADER_READS:,} elements (or a long run of empty ones); "
+            "this is not a radiograph's header, so it is refused",
+        )
+    return ds
+
+
+def _at_pixel_data(tag: int, vr: object, length: int) -> bool:
+    return tag in _PIXEL_TAGS
+
+
+def _after_pixel_data() -> Callable[[int, object, int], bool]:
+    """A stop condition for pydicom: read the pixel data, then stop at the next element."""
+    seen = False
+
+    def stop(tag: int, vr: object, length: int) -> bool:
+        nonlocal seen
+        if tag in _PIXEL_TAGS:
+            seen = True
+            return False
+        return seen
+
+    return stop
+
+
+def _check_file_size(path: Path, header: Dataset, *, pixels_at: int, size: int) -> None:
+    """Refuse a file far larger than its header plus the pixel data the header declares."""
+    declared = _declared_pixel_bytes(header)
+    if declared is None:
+        return  # no usable size in the header: the header checks refuse it with the reason
+    allowed = pixels_at + 2 * declared + EXTRA_BYTES
+    if size > allowed:
+        raise DimensionsError(
+            path,
+            f"the file is {size:,} bytes, but its header ({pixels_at:,} bytes) and the image it declares "
+            f"({declared:,} bytes) need far less; the rest is not image data (a damaged or forged file)",
+        )
+
+
+def _declared_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes of native pixel data the header declares (all frames), or None when it does not say."""
+    rows, cols, bits = _int(ds.get("Rows")), _int(ds.get("Columns")), _int(ds.get("BitsAllocated"))
+    spp = _int(ds.get("SamplesPerPixel", 1)) or 1
+    frames = _int(ds.get("NumberOfFrames", 1)) or 1
+    if rows is None or cols is None or bits is None or min(rows, cols, bits, spp, frames) <= 0:
+        return None
+    return -(-rows * cols * spp * bits * frames // 8)
+
+
+def _inflate(path: Path) -> tuple[pydicom.dataset.FileMetaDataset, bytes] | None:
+    """A deflated data set's File Meta and unpacked bytes, refused beyond `MAX_INFLATED_BYTES`.
+
+    pydicom would unpack it whole, unbounded, and then parse it from its own buffer where the read
+    count of `_CappedReader` cannot see; unpacked here, it is parsed like any other file.
+    """
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # no readable file meta: not deflated as far as pydicom is concerned
+        return None
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    total = 0
+    with path.open("rb") as f:
+        pydicom.filereader.read_preamble(f, True)
+        pydicom.filereader._read_file_meta_info(f)  # noqa: SLF001 (positions f after the File Meta)
+        while not inflate.eof and (chunk := f.read(1 << 20)):
+            while chunk:
+                part = inflate.decompress(chunk, 1 << 20)
+                total += len(part)
+                if total > MAX_INFLATED_BYTES:
+                    raise DimensionsError(
+                        path,
+                        f"the deflated data set unpacks to more than {MAX_INFLATED_BYTES / 2**30:.0f} GiB; "
+                        "refused (a compression bomb or a damaged file)",
+                    )
+                parts.append(part)
+                chunk = inflate.unconsumed_tail
+    return meta, b"".join(parts)
+
+
+class _CappedReader(io.BufferedReader):
+    """A file (or unpacked bytes) whose reads pydicom cannot turn into a hang or a huge allocation.
+
+    read(n) asks for at most the bytes left, so a damaged length cannot make pydicom allocate it;
+    after `reads_left` small reads (element headers) the data reads as ended, so a run of millions
+    of empty elements stops at once; `_read` then refuses the file.
+    """
+
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
+        if data is None:
+            raw: io.RawIOBase | io.BytesIO = io.FileIO(str(path), "rb")
+        else:
+            raw = io.BytesIO(data)
+            raw.name = str(path)  # pydicom names the file in its messages
+        super().__init__(raw)
+        self.size = path.stat().st_size if data is None else len(data)
+        self.reads_left = MAX_HEADER_READS
 
     def read(self, size: int | None = -1) -> bytes:
+        if size is not None and 0 <= size <= _SMALL_READ:
+            self.reads_left -= 1
+            if self.reads_left <= 0:
+                return b""
         if size is not None and size > 0:
-            size = min(size, max(0, self._size - self.tell()))
+            size = min(size, max(0, self.size - self.tell()))
         return super().read(size)
 
 

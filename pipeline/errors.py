@@ -14,6 +14,7 @@ __all__ = [
     "UnsupportedSyntaxError",
     "DimensionsError",
     "EmptyImageError",
+    "ReaderStoppedError",
     "ManifestError",
 ]
 
@@ -29,6 +30,9 @@ class ImageError(TwoviewError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.reason)  # picklable, so a reader in a child process can raise it
 
 
 class NotAnImageError(ImageError):
@@ -57,6 +61,10 @@ class DimensionsError(ImageError):
 
 class EmptyImageError(ImageError):
     """The image carries no information: every pixel has the same value."""
+
+
+class ReaderStoppedError(ImageError):
+    """Reading the file was stopped: it took too long, or its reader ran out of memory or crashed."""
 
 
 class ManifestError(TwoviewError):

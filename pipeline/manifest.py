@@ -19,6 +19,7 @@ import numpy as np
 
 from models.atomic import write_atomic
 from pipeline.errors import ManifestError
+from pipeline.isolate import Runner, direct
 from pipeline.studies import ImageSource, ScanResult, Study, scan_folder
 from pipeline.views import View
 
@@ -168,10 +169,15 @@ def read_label_table(path: str | Path) -> tuple[list[str], dict[str, dict[str, f
     return labels, values
 
 
-def manifest_from_folder(folder: str | Path, labels_csv: str | Path, out: str | Path) -> Path:
-    """Scan `folder` and write a training manifest whose labels come from `labels_csv` (by study id)."""
+def manifest_from_folder(
+    folder: str | Path, labels_csv: str | Path, out: str | Path, *, runner: Runner = direct
+) -> Path:
+    """Scan `folder` and write a training manifest whose labels come from `labels_csv` (by study id).
+
+    `runner` reads each file (`pipeline.isolate.Isolated`: in a killable child process).
+    """
     labels, values = read_label_table(labels_csv)
-    scan = scan_folder(folder)
+    scan = scan_folder(folder, runner=runner)
     if not scan.studies:
         raise ManifestError(f"{folder}: no studies found to train on")
     if not any(s.study_id in values for s in scan.studies):

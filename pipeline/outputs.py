@@ -2,16 +2,21 @@
 
 Rows are appended a batch at a time with one write + flush + fsync, so a killed run leaves at most one
 partial line at the end; reopening the file cuts that line off and reads back which studies are done.
+A file is only ever repaired or extended when it is one of ours: its first line must be the header
+(or first object) this run would write, checked before anything is cut. One writer at a time: each
+open file holds an exclusive lock, so a second job on the same output is refused, never interleaved.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import logging
 import math
 import os
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -118,23 +123,29 @@ def _path_text(path: Path | str | None) -> str | None:
 
 
 class _AppendFile(ABC):
-    """An append-only file of complete lines, written a batch at a time and fsynced."""
+    """An append-only file of complete lines, written a batch at a time and fsynced; locked while open."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         self.columns = list(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        cut = _drop_partial_line(self.path)
-        if cut:
-            logger.warning(
-                "%s: removed an incomplete last line (%d bytes) left by an interrupted run", path, cut
-            )
-        fresh = self.path.stat().st_size == 0
-        if not fresh:
-            rows = self.existing()
-            next(rows, None)  # checks the header / first row before anything is appended
-            rows.close()
-        self._file = self.path.open("a", encoding="utf-8", newline="")
+        self._lock = _lock(path)
+        try:
+            self._check_ours()
+            cut = _drop_partial_line(self.path)
+            if cut:
+                logger.warning(
+                    "%s: removed an incomplete last line (%d bytes) left by an interrupted run", path, cut
+                )
+            fresh = self.path.stat().st_size == 0
+            if not fresh:
+                rows = self.existing()
+                next(rows, None)  # checks the header / first row before anything is appended
+                rows.close()
+            self._file = self.path.open("a", encoding="utf-8", newline="")
+        except BaseException:
+            os.close(self._lock)
+            raise
         if fresh:
             self._write_text(self._header())
 
@@ -145,7 +156,34 @@ class _AppendFile(ABC):
             self._write_text(text)
 
     def close(self) -> None:
-        self._file.close()
+        """Close the file and release its lock (once)."""
+        if not self._file.closed:
+            self._file.close()
+            os.close(self._lock)
+
+    def _check_ours(self) -> None:
+        """Refuse, before any change, a file whose first line is not what this run writes first."""
+        with self.path.open("rb") as f:
+            head = f.read(_HEAD_BYTES)
+        line, complete = head.partition(b"\n")[0], b"\n" in head
+        start = self._first_line_start()
+        if not head or (not complete and (start.startswith(head) or head.startswith(start))):
+            return  # empty, or a first write cut short: ours to repair
+        if complete:
+            self._check_first_line(line + b"\n")
+            return
+        raise OutputError(
+            f"{self.path}: exists and is not an output twoview wrote (its first line is not a twoview "
+            "header); it is left as it is. Choose another output file"
+        )
+
+    @abstractmethod
+    def _first_line_start(self) -> bytes:
+        """What the first line of a file of ours begins with."""
+
+    @abstractmethod
+    def _check_first_line(self, line: bytes) -> None:
+        """Raise `OutputError` unless `line` is the first line this run would write."""
 
     def _write_text(self, text: str) -> None:
         self._file.write(text)
@@ -170,6 +208,26 @@ class _CsvFile(_AppendFile):
     def _header(self) -> str:
         return csv_line(self.columns)
 
+    def _first_line_start(self) -> bytes:
+        return self._header().encode()
+
+    def _check_first_line(self, line: bytes) -> None:
+        if line == self._header().encode():
+            return
+        try:
+            found = next(csv.reader([line.decode("utf-8")]), [])
+        except (UnicodeDecodeError, csv.Error):
+            found = []
+        if found[:1] == self.columns[:1]:  # a twoview output with other columns: say which
+            raise OutputError(
+                f"{self.path}: has other columns than this run writes ({_diff(found, self.columns)}); "
+                "was it written by another model? Choose another output file or delete it"
+            )
+        raise OutputError(
+            f"{self.path}: exists and is not an output twoview wrote (its header is not a twoview header); "
+            "it is left as it is. Choose another output file"
+        )
+
     def _format(self, row: Row) -> str:
         return csv_line([_csv_cell(row.get(c)) for c in self.columns])
 
@@ -189,6 +247,22 @@ class _CsvFile(_AppendFile):
 
 class _JsonlFile(_AppendFile):
     """JSON Lines: one object per line with the columns as keys, null where a value is missing."""
+
+    def _first_line_start(self) -> bytes:
+        return ("{" + json.dumps(self.columns[0]) + ": ").encode()
+
+    def _check_first_line(self, line: bytes) -> None:
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if isinstance(row, dict) and list(row)[:1] == self.columns[:1]:
+            self._parse(line.decode("utf-8"), 1)  # a twoview output: names the other fields, if any
+            return
+        raise OutputError(
+            f"{self.path}: exists and is not an output twoview wrote (its first line is not a twoview "
+            "row); it is left as it is. Choose another output file"
+        )
 
     def _format(self, row: Row) -> str:
         return json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n"
@@ -268,6 +342,32 @@ class ErrorsFile:
         self.close()
 
 
+_HEAD_BYTES = 1 << 20  # more than any header line (a few KB even with hundreds of labels)
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on the output (created if missing), or `OutputError` if another writer holds it.
+
+    A `flock` on the file itself: the kernel releases it when its holder exits, even when killed,
+    so there is never a stale lock to clear; two jobs of one process conflict too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOCTTY | os.O_NONBLOCK, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OutputError(f"{path}: not a regular file; choose another output file")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        os.close(fd)
+        raise OutputError(
+            f"{path} is being written by another twoview job right now; wait until it has finished "
+            "(running it again then resumes it) or choose another output file"
+        ) from err
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open(kind: type[_AppendFile], path: Path, columns: Sequence[str]) -> _AppendFile:
     try:
         return kind(path, columns)
@@ -294,10 +394,7 @@ def _error_key(row: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _drop_partial_line(path: Path, chunk: int = 1 << 16) -> int:
-    """Truncate `path` after its last newline (an interrupted write's tail); returns the bytes removed."""
-    if not path.exists():
-        path.touch()
-        return 0
+    """Truncate `path` (checked to be ours) after its last newline; returns the bytes removed."""
     with path.open("r+b") as f:
         size = f.seek(0, os.SEEK_END)
         end = size

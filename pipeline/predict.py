@@ -26,6 +26,7 @@ from models.twoview import TwoViewNet, ViewLogits
 from pipeline.data import StudyDataset, StudySample, ViewBatch, collate, worker_init
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
+from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
 from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
 from pipeline.parallel import usable_cores
@@ -146,8 +147,8 @@ class _Loaded:
 class _Studies(Dataset):
     """A `StudyDataset` that also returns which files of each study failed to decode, and why."""
 
-    def __init__(self, studies: Sequence[Study], predictor: Predictor) -> None:
-        self.base = StudyDataset(studies, config=predictor.config, train=False)
+    def __init__(self, studies: Sequence[Study], predictor: Predictor, runner: Runner = direct) -> None:
+        self.base = StudyDataset(studies, config=predictor.config, train=False, runner=runner)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -255,29 +256,36 @@ class Predictor:
         return ViewLogits(*heads[:4], route=heads[4, :, 0].long())
 
     def predict_studies(
-        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int = 0
+        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int = 0, runner: Runner = direct
     ) -> list[StudyPrediction]:
         """Every study's prediction, in order; a study none of whose views decodes comes back with route None."""
-        return [
-            p
-            for chunk in self.iter_predictions(studies, batch_size=batch_size, workers=workers)
-            for p in chunk
-        ]
+        chunks = self.iter_predictions(studies, batch_size=batch_size, workers=workers, runner=runner)
+        return [p for chunk in chunks for p in chunk]
 
     def iter_predictions(
-        self, studies: Sequence[Study], *, batch_size: int = 8, workers: int | None = None
+        self,
+        studies: Sequence[Study],
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        runner: Runner = direct,
     ) -> Iterator[list[StudyPrediction]]:
-        """One list of predictions per batch, in study order; `workers` processes decode ahead (None: default)."""
+        """One list of predictions per batch, in study order; `workers` processes decode ahead (None: default).
+
+        `runner` decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
+        """
         workers = _check_settings(batch_size, workers)
         if not studies:
             return iter(())
-        return self._stream(studies, batch_size, workers)
+        return self._stream(studies, batch_size, workers, runner)
 
-    def batches(self, studies: Sequence[Study], *, batch_size: int, workers: int) -> Iterator[_Loaded]:
+    def batches(
+        self, studies: Sequence[Study], *, batch_size: int, workers: int, runner: Runner = direct
+    ) -> Iterator[_Loaded]:
         """The batches the model gets, decoded one study per worker task and batched here, in order
         (what `iter_predictions` runs the model on; alone, it times the data path)."""
         loader = DataLoader(
-            _Studies(studies, self),
+            _Studies(studies, self, runner),
             batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
             num_workers=workers,
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
@@ -286,12 +294,12 @@ class Predictor:
         return (_collate(items) for items in _batches(loader, batch_size))
 
     def _stream(
-        self, studies: Sequence[Study], batch_size: int, workers: int
+        self, studies: Sequence[Study], batch_size: int, workers: int, runner: Runner
     ) -> Iterator[list[StudyPrediction]]:
         """Batches from `batches`; on CUDA one batch runs on the GPU while the next is made."""
         ahead = 1 if self.device.type == "cuda" else 0
         running: list[tuple[_Loaded, _Running | None]] = []
-        for loaded in self.batches(studies, batch_size=batch_size, workers=workers):
+        for loaded in self.batches(studies, batch_size=batch_size, workers=workers, runner=runner):
             running.append((loaded, self._launch(loaded.batch) if loaded.batch is not None else None))
             if len(running) > ahead:
                 yield self._predictions(studies, *running.pop(0))
@@ -369,12 +377,14 @@ def predict_folder(
     predictor: Predictor | None = None,
     shard: Shard | None = None,
     deidentify: Deidentifier | None = None,
+    runner: Runner = direct,
 ) -> PredictSummary:
     """Predict every study of a folder (scanned recursively), a manifest or a scan into `out_path` (.csv/.jsonl).
 
     Studies already in `out_path` are skipped; files set aside go to `<stem>.errors.csv`. A ready
     `predictor` replaces `model_path`, `device` and `fast`; a `shard` keeps only its share of studies;
-    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs.
+    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs; `runner`
+    reads and decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
     """
     if deidentify is not None and isinstance(source, (str, Path)):
         deidentify = deidentify.under(source)
@@ -390,6 +400,7 @@ def predict_folder(
             predictor=predictor,
             shard=shard,
             deidentify=deidentify,
+            runner=runner,
         )
 
 
@@ -405,6 +416,7 @@ def _predict_folder(
     predictor: Predictor | None,
     shard: Shard | None,
     deidentify: Deidentifier | None,
+    runner: Runner,
 ) -> PredictSummary:
     """`predict_folder`'s work, inside its log scrubbing."""
     start = time.perf_counter()
@@ -413,7 +425,7 @@ def _predict_folder(
     if predictor is None:
         model, model_path = load_model(model_path)
         predictor = Predictor(model, device=device, fast=fast, copy_model=False)
-    studies, set_aside = gather(source)
+    studies, set_aside = gather(source, runner)
     if shard is not None:
         studies, set_aside = select(studies, set_aside, shard)
         logger.info("shard %s: %d studies", shard, len(studies))
@@ -452,6 +464,7 @@ def _predict_folder(
             batch_size=batch_size,
             workers=workers,
             deidentify=deidentify,
+            runner=runner,
         )
     summary.seconds = time.perf_counter() - start
     logger.info("%s", summary)
@@ -468,10 +481,12 @@ def _run(
     batch_size: int,
     workers: int | None,
     deidentify: Deidentifier | None = None,
+    runner: Runner = direct,
 ) -> None:
     """Predict and write batch by batch: the errors of a batch first, then its rows."""
     with progress_bar(len(studies), "studies") as progress:
-        for chunk in predictor.iter_predictions(studies, batch_size=batch_size, workers=workers):
+        chunks = predictor.iter_predictions(studies, batch_size=batch_size, workers=workers, runner=runner)
+        for chunk in chunks:
             if deidentify is not None:
                 chunk = [deidentify.prediction(p) for p in chunk]
             problems = [e for p in chunk for e in p.errors]

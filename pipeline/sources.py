@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import TwoviewError
+from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
 from pipeline.progress import progress_bar
 from pipeline.studies import ScanResult, SetAside, Study, scan_folder
@@ -18,17 +19,22 @@ __all__ = ["gather", "scan_with_progress"]
 logger = logging.getLogger(__name__)
 
 
-def gather(source: str | Path | Manifest | ScanResult) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
-    """The studies to predict and the files already set aside, from a folder, a manifest or a scan."""
+def gather(
+    source: str | Path | Manifest | ScanResult, runner: Runner = direct
+) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
+    """The studies to predict and the files already set aside, from a folder, a manifest or a scan.
+
+    `runner` reads each scanned file (`pipeline.isolate.Isolated`: in a killable child process).
+    """
     if isinstance(source, Manifest):
         return source.studies, ()
     if isinstance(source, ScanResult):
         return source.studies, source.set_aside
-    scan = scan_with_progress(Path(source))
+    scan = scan_with_progress(Path(source), runner)
     return scan.studies, scan.set_aside
 
 
-def scan_with_progress(folder: Path) -> ScanResult:
+def scan_with_progress(folder: Path, runner: Runner = direct) -> ScanResult:
     """`scan_folder` with a progress bar over the files, and a log line of what it found."""
     if not folder.exists():
         raise TwoviewError(f"{folder}: no such file or folder")
@@ -39,6 +45,6 @@ def scan_with_progress(folder: Path) -> ScanResult:
             progress.total = total
             progress.update()
 
-        scan = scan_folder(folder, progress=step)
+        scan = scan_folder(folder, progress=step, runner=runner)
     logger.info("found %d studies in %s (%d files set aside)", len(scan.studies), folder, len(scan.set_aside))
     return scan

@@ -15,13 +15,14 @@ import logging
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from pipeline.dicom import XrayImage, read_header, read_image
-from pipeline.errors import ImageError, TwoviewError, UnsupportedModalityError
+from pipeline.errors import DimensionsError, ImageError, TwoviewError, UnsupportedModalityError
+from pipeline.isolate import Runner, direct
 from pipeline.parallel import parallel_map, usable_cores
 from pipeline.views import View, ViewDecision, detect_view
 
@@ -177,16 +178,26 @@ def scan_folder(
     verify_pixels: bool = False,
     root_study: str | None = None,
     workers: int | None = None,
+    runner: Runner = direct,
+    max_pixels: int | None = None,
 ) -> ScanResult:
     """Read every file under `path` (any name, DICOM by content) and group it into studies.
 
     Never stops on one bad file: unreadable, non-chest, duplicate and unknown-view files are listed
     in `set_aside` with the reason. Hidden files and CSV/TSV tables (manifests) are not read.
     `verify_pixels` decodes every image to catch damaged pixel data now rather than at training time.
-    `workers` processes read the files (default: one per usable core; see `collect_sources`).
+    `workers` processes read the files (default: one per usable core; see `collect_sources`);
+    `runner` reads each file instead (e.g. `pipeline.isolate.Isolated`, in a killable child process);
+    `max_pixels` caps the pixels of all images together, files past it are set aside unread.
     """
     sources, set_aside = collect_sources(
-        path, progress=progress, verify_pixels=verify_pixels, root_study=root_study, workers=workers
+        path,
+        progress=progress,
+        verify_pixels=verify_pixels,
+        root_study=root_study,
+        workers=workers,
+        runner=runner,
+        max_pixels=max_pixels,
     )
     return assemble_studies(sources, set_aside=set_aside)
 
@@ -198,20 +209,29 @@ def collect_sources(
     verify_pixels: bool = False,
     root_study: str | None = None,
     workers: int | None = None,
+    runner: Runner = direct,
+    max_pixels: int | None = None,
 ) -> tuple[list[ImageSource], list[SetAside]]:
     """Read the header of each file under `path` and decide its view; pixels only when tags cannot.
 
     Pictures are grouped into folder studies (see the module docstring); `root_study` names the study
     of pictures lying directly in `path` (default: the folder's own name). Folders of at least
     `PARALLEL_MIN_FILES` files are read by `workers` processes (default: the usable cores; 1 reads
-    here), with the same results, in the same order, and the same progress calls.
+    here), with the same results, in the same order, and the same progress calls. A `runner` or a
+    `max_pixels` (as in `scan_folder`) reads one file at a time through the runner instead.
     """
     root = Path(path)
-    if not root.exists():
-        raise TwoviewError(f"{root}: no such file or folder")
+    try:
+        root.stat()
+    except FileNotFoundError as err:
+        raise TwoviewError(f"{root}: no such file or folder") from err
+    except OSError as err:
+        raise TwoviewError(f"{root}: cannot be read ({err.strerror or err})") from err
     files, set_aside = _list_files(root)
     workers = usable_cores() if workers is None else max(1, workers)
-    if workers > 1 and len(files) >= PARALLEL_MIN_FILES:
+    if runner is not direct or max_pixels is not None:
+        results = _read_guarded(files, root, verify_pixels, runner, _PixelBudget(max_pixels))
+    elif workers > 1 and len(files) >= PARALLEL_MIN_FILES:
         results = parallel_map(
             _read_one,
             files,
@@ -233,10 +253,27 @@ def collect_sources(
     return group_loose_pictures(sources, root, root_study), set_aside
 
 
-def _read_one(file: Path, root: Path, verify_pixels: bool) -> ImageSource | SetAside:
+def _read_guarded(
+    files: list[Path], root: Path, verify_pixels: bool, runner: Runner, budget: _PixelBudget
+) -> Iterator[ImageSource | SetAside]:
+    """Each file read through `runner`, its pixels counted against `budget` first (from its header)."""
+    for file in files:
+        if budget.limit is not None:
+            try:
+                budget.take(file, runner(read_header, file))
+            except ImageError as err:
+                yield SetAside(file, err.reason)
+                continue
+            except OSError as err:
+                yield SetAside(file, f"the file cannot be read ({err.strerror or err})")
+                continue
+        yield _read_one(file, root, verify_pixels, runner)
+
+
+def _read_one(file: Path, root: Path, verify_pixels: bool, runner: Runner = direct) -> ImageSource | SetAside:
     """One file's source, or why it is set aside: never raises, so one file cannot end a scan."""
     try:
-        source = _read_source(file, root, verify_pixels=verify_pixels)
+        source = runner(_read_source, file, root, verify_pixels=verify_pixels)
     except UnsupportedModalityError as err:
         return SetAside(file, err.reason, kind="not_chest")
     except ImageError as err:
@@ -250,6 +287,25 @@ def _read_one(file: Path, root: Path, verify_pixels: bool) -> ImageSource | SetA
         reason = f"not a chest X-ray: BodyPartExamined is {source.body_part!r}"
         return SetAside(file, reason, source.study_id, "not_chest")
     return source
+
+
+class _PixelBudget:
+    """The pixels of the images read so far, against a cap for all of them together."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, path: Path, header: XrayImage) -> None:
+        """Count one image's pixels (from its header), or refuse it when they would pass the cap."""
+        pixels = header.rows * header.columns
+        if self.limit is not None and self.used + pixels > self.limit:
+            raise DimensionsError(
+                path,
+                f"not read: this {header.columns}x{header.rows} image would take the images read together "
+                f"past {self.limit / 1e6:.0f} megapixels ({self.used / 1e6:.0f} so far)",
+            )
+        self.used += pixels
 
 
 def group_loose_pictures(
@@ -372,27 +428,37 @@ def _path_id(path: Path, root: Path) -> str:
 def _list_files(root: Path) -> tuple[list[Path], list[SetAside]]:
     """Every regular file under root (or root itself), sorted, and the entries that cannot be used.
 
-    Hidden names and CSV/TSV tables are skipped; symbolic links are not followed (a link could lead
-    out of the folder); FIFOs, sockets, devices and unreadable folders are set aside with the reason.
+    Hidden names and CSV/TSV tables are skipped. Every entry is looked at on its own, so one that
+    cannot be read (a permission error, a vanished file) is set aside with the reason and the scan
+    goes on. Links to folders are not followed and links to files only inside the scanned folder;
+    FIFOs, sockets and devices are set aside unopened.
     """
-    if root.is_file():
-        return [root], []
+    try:
+        if stat.S_ISREG(root.stat().st_mode):
+            return [root], []
+    except OSError as err:
+        raise TwoviewError(f"{root}: cannot be read ({err.strerror or err})") from err
     found: list[Path] = []
     aside: list[SetAside] = []
-
-    def unreadable(err: OSError) -> None:
-        where = Path(err.filename) if err.filename else root
-        aside.append(SetAside(where, f"the folder cannot be read ({err.strerror or err})"))
-
     inside = root.resolve()
-    for folder, dirs, names in os.walk(root, onerror=unreadable):
-        for name in [d for d in dirs if not d.startswith(".") and Path(folder, d).is_symlink()]:
-            aside.append(SetAside(Path(folder, name), "a link to a folder: not followed"))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not Path(folder, d).is_symlink())
-        for name in names:
-            if name.startswith("."):
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = [e for e in listing if not e.name.startswith(".")]
+        except OSError as err:
+            aside.append(SetAside(folder, f"the folder cannot be read ({err.strerror or err})"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(path)
+                    continue
+            except OSError as err:
+                aside.append(SetAside(path, f"cannot be read ({err.strerror or err})"))
                 continue
-            path = Path(folder, name)
             problem = _not_a_file(path, inside)
             if problem:
                 aside.append(SetAside(path, problem))
@@ -407,12 +473,16 @@ def _not_a_file(path: Path, inside: Path) -> str:
         mode = path.lstat().st_mode
         if stat.S_ISLNK(mode):
             target = path.resolve()
+            mode = target.stat().st_mode
+            if stat.S_ISDIR(mode):
+                return "a link to a folder: not followed"
             if not target.is_relative_to(inside):
                 return "a link to a file outside the scanned folder: not followed"
-            mode = target.stat().st_mode
     except (OSError, RuntimeError) as err:
         return f"the file cannot be read ({getattr(err, 'strerror', None) or err})"
     if stat.S_ISREG(mode):
         return ""
+    if stat.S_ISDIR(mode):
+        return "a folder that cannot be read"
     what = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     return f"not a regular file: {what}"

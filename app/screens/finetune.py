@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import common
+from app import common, markup, paths
 from app.jobs import TrainJob, command_text, latest_job, list_jobs
 from models.names import OUTPUTS
 from pipeline.manifest import manifest_from_folder
@@ -67,8 +67,8 @@ def show_curves(job: TrainJob) -> None:
 def show_job(job: TrainJob) -> None:
     """Status, live curves and the log; reruns itself every two seconds while training runs."""
     state_name = job.state
-    st.markdown(f"**Run** `{job.run_dir}` — **{state_name}** (pid {job.pid})")
-    st.caption(command_text(job.command))
+    st.markdown(f"**Run** {markup.text(job.run_dir)} — **{state_name}** (pid {job.pid})")
+    st.caption(markup.text(command_text(job.command)))
     show_curves(job)
     with st.expander("Training log", expanded=state_name == "failed"):
         st.code(job.log_tail(30) or "(nothing yet)", language=None)
@@ -92,13 +92,13 @@ def show_outcome(job: TrainJob, state_name: str) -> None:
         st.warning("Training was stopped before it finished; no report was written.")
     else:
         with st.container(border=True):
-            st.markdown(demote_headings(report))
+            st.markdown(demote_headings(markup.document(report)))
     if job.best.is_file():
         if common.active_model() == job.best:
-            st.success(f"{job.best} is the active model.")
+            st.success(f"{markup.text(job.best)} is the active model.")
         elif st.button("Use this model", type="primary", key="use"):
             common.set_active_model(job.best)
-            st.success(f"{job.best} is now the active model.")
+            st.success(f"{markup.text(job.best)} is now the active model.")
 
 
 def demote_headings(markdown: str) -> str:
@@ -106,20 +106,21 @@ def demote_headings(markdown: str) -> str:
     return re.sub(r"^(#{1,4}) ", r"##\1 ", markdown, flags=re.MULTILINE)
 
 
-def manifest_input() -> Path | tuple[Path, Path] | None:
-    """The manifest to train on: given, or written from a folder and a labels table."""
+def manifest_input() -> str | tuple[str, str] | None:
+    """The manifest to train on, as typed: a manifest CSV, or a folder and a labels table (checked at Start)."""
     kind = st.radio("Training data", ["A manifest CSV", "A folder and a labels CSV"], horizontal=True)
+    st.caption("Inside " + ", ".join(markup.text(d) for d in paths.data_dirs()) + ".")
     if kind == "A manifest CSV":
         text = st.text_input(
             "Manifest (study_id, patient_id, frontal, lateral, one column per label)",
             value=str(common.SAMPLE_STUDIES / "labels.csv"),
         )
-        return Path(text).expanduser() if text else None
+        return text or None
     folder = st.text_input("Folder of studies (scanned recursively)", value="")
     labels = st.text_input("Labels CSV (study_id + one column per label: 1, 0 or blank)", value="")
     if not folder or not labels:
         return None
-    return Path(folder).expanduser(), Path(labels).expanduser()
+    return folder, labels
 
 
 def options_input(active: Path) -> dict[str, object]:
@@ -169,13 +170,32 @@ def options_input(active: Path) -> dict[str, object]:
     }
 
 
-def start(source: Path | tuple[Path, Path], options: dict[str, object]) -> None:
-    runs, jobs = common.folder("runs"), common.folder("jobs")
+def start(source: str | tuple[str, str], options: dict[str, object], active: Path) -> None:
+    """Start training on data inside the data folders, from a manifest the app wrote and checked."""
+    runs, jobs, manifests = common.folder("runs"), common.folder("jobs"), common.folder("manifests")
     if isinstance(source, tuple):
-        folder, labels = source
-        source = manifest_from_folder(folder, labels, common.folder("manifests") / f"{folder.name}.csv")
-    job = TrainJob.start(TrainSettings(manifest=str(source), **options), runs, jobs)
+        folder = paths.readable_path(source[0], "folder")
+        labels = paths.readable_path(source[1], "labels CSV")
+        manifest = manifest_from_folder(
+            folder, labels, manifests / f"{folder.name}.csv", runner=common.session().reader
+        )
+    else:
+        manifest = paths.confined_manifest(source, manifests)
+    options = {**options, "start": start_weights(str(options["start"]), active)}
+    job = TrainJob.start(TrainSettings(manifest=str(manifest), **options), runs, jobs)
     state.train_job = job.record
+
+
+def start_weights(start: str, active: Path) -> str:
+    """A start word as it is; the active model; else a weights file inside the data folders (no URL)."""
+    if start in STARTS.values() or start == str(active):
+        return start
+    if start.startswith(("http://", "https://")):
+        raise paths.PathError(
+            "the app does not download weights: import them on the server with 'twoview import-weights', "
+            "then give that file"
+        )
+    return str(paths.readable_path(start, "checkpoint or weights file", also=[common.BUNDLED_MODELS]))
 
 
 def current_job() -> TrainJob | None:
@@ -203,7 +223,7 @@ def new_run_form() -> None:
     source = manifest_input()
     options = options_input(common.active_model())
     if st.button("Start training", type="primary", disabled=source is None):
-        start(source, options)
+        start(source, options, common.active_model())
         st.rerun()
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app import common
+from app import common, markup
 from app.uploads import safe_name
-from models.checkpoint import describe, read_config
+from models.checkpoint import check, describe
 from models.errors import ModelError
 
 state = st.session_state
@@ -36,7 +37,9 @@ def card(path: Path) -> None:
     info = describe(path)
     config = info["config"]
     provenance = config.get("provenance") or {}
-    st.markdown(f"`{path}` — {path.stat().st_size / 2**20:.1f} MB, saved {time.ctime(path.stat().st_mtime)}")
+    st.markdown(
+        f"{markup.text(path)} — {path.stat().st_size / 2**20:.1f} MB, saved {time.ctime(path.stat().st_mtime)}"
+    )
     thresholds = config.get("thresholds") or {}
     aurocs = provenance.get("val_auroc") or {}
     st.dataframe(
@@ -79,9 +82,10 @@ def card(path: Path) -> None:
 
 
 def facts(items: dict) -> str:
-    """A markdown list of `name: value` lines (floats to 3 decimals)."""
+    """A markdown list of `name: value` lines (floats to 3 decimals); names and values are escaped."""
     return "\n".join(
-        f"- {k.replace('_', ' ')}: {f'{v:.3f}' if isinstance(v, float) else v}" for k, v in items.items()
+        f"- {markup.text(str(k).replace('_', ' '))}: {markup.text(f'{v:.3f}' if isinstance(v, float) else v)}"
+        for k, v in items.items()
     )
 
 
@@ -95,7 +99,7 @@ def picker(active: Path) -> None:
     name = st.selectbox("Checkpoint", names, index=current)
     one, two = st.columns(2)
     if one.button("Use this model", type="primary", disabled=found[name] == active):
-        read_config(found[name])
+        check(found[name])  # the active model is every session's: one that would fail is never made active
         common.set_active_model(found[name])
         st.rerun()
     if two.button("Back to the default model"):
@@ -104,6 +108,7 @@ def picker(active: Path) -> None:
 
 
 def upload() -> None:
+    """Keep an uploaded checkpoint only if `check` finds nothing a prediction would fail on."""
     if "model_upload_message" in state:
         st.success(state.pop("model_upload_message"))
     file = st.file_uploader("A twoview `.safetensors` checkpoint", key="model_upload")
@@ -114,15 +119,16 @@ def upload() -> None:
     if target.suffix != ".safetensors":
         target = target.with_name(target.name + ".safetensors")
     staging = target.with_name(f".{target.name}.uploading")
-    staging.write_bytes(file.getvalue())
+    with staging.open("wb") as out:
+        shutil.copyfileobj(file, out, 1 << 20)
     try:
-        read_config(staging)
+        check(staging)
     except ModelError as err:
         staging.unlink(missing_ok=True)
-        st.error(str(err).replace(str(staging), file.name))
+        st.error(markup.text(str(err).replace(str(staging), safe_name(file.name))))
         return
     staging.replace(target)
-    state.model_upload_message = f"Saved as {target}; pick it above to use it."
+    state.model_upload_message = f"Saved as {markup.text(target)}; pick it above to use it."
     st.rerun()
 
 

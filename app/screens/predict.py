@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import common
-from app.uploads import LOOSE_STUDY, UploadError, UploadFolder
+from app import common, markup
+from app.uploads import LOOSE_STUDY, MAX_UPLOAD_PIXELS, UploadError, UploadFolder
 from models.names import HEADS
-from pipeline.dicom import read_image
+from pipeline.isolate import read_pixels
 from pipeline.outputs import prediction_bytes
 from pipeline.records import StudyPrediction
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study, assemble_studies, collect_sources
@@ -30,9 +30,14 @@ state = st.session_state
 
 
 def take_uploads(files: list) -> None:
-    """Store a new set of uploaded files in a fresh folder (the previous one is removed) and read them."""
+    """Store a new set of uploaded files in a fresh folder (the previous one is removed) and read them.
+
+    Files are streamed to disk within the upload limits (`app.uploads`) and read in the session's
+    killable reader, at most `MAX_UPLOAD_PIXELS` of images in all.
+    """
     key = tuple(f.file_id for f in files)
-    if state.get("upload_key") == key:
+    current = state.get("upload_folder")
+    if state.get("upload_key") == key and (current is None or not current.closed):
         return
     state.upload_key = key
     old = state.pop("upload_folder", None)
@@ -41,20 +46,28 @@ def take_uploads(files: list) -> None:
     if not files:
         forget_files()
         return
-    uploads = UploadFolder()
+    uploads = UploadFolder(common.session().root)
     state.upload_folder = uploads
     problems = []
     for file in files:
         try:
-            uploads.add(file.name, file.getvalue())
+            uploads.add(file.name, file)
         except UploadError as err:
-            problems.append(SetAside(Path(file.name), str(err)))
-    read_folder(uploads.root, f"upload:{abs(hash(key)) % 10**8}", problems)
+            problems.append(SetAside(Path(file.name), str(err).removeprefix(f"{file.name}: ")))
+    read_folder(uploads.root, f"upload:{abs(hash(key)) % 10**8}", problems, max_pixels=MAX_UPLOAD_PIXELS)
 
 
-def read_folder(root: Path, origin: str, problems: list[SetAside] | None = None) -> None:
+def read_folder(
+    root: Path, origin: str, problems: list[SetAside] | None = None, *, max_pixels: int | None = None
+) -> None:
     """Read every file under `root`: views detected, unreadable files kept with their reasons."""
-    sources, aside = collect_sources(root, verify_pixels=True, root_study=LOOSE_STUDY)
+    sources, aside = collect_sources(
+        root,
+        verify_pixels=True,
+        root_study=LOOSE_STUDY,
+        runner=common.session().reader,
+        max_pixels=max_pixels,
+    )
     state.sources = sources
     state.read_aside = [*(problems or []), *aside]
     state.root = root
@@ -63,7 +76,7 @@ def read_folder(root: Path, origin: str, problems: list[SetAside] | None = None)
 
 
 def forget_files() -> None:
-    for key in ("sources", "read_aside", "root", "origin", "predictions"):
+    for key in ("sources", "read_aside", "root", "origin", "predictions", "pixels", "heatmaps"):
         state.pop(key, None)
 
 
@@ -95,9 +108,14 @@ def short(text: str) -> str:
     return text.replace(f"{root}/", "") if root else text
 
 
+def problem(path: Path, reason: str) -> str:
+    """One file's problem as Markdown: its name in bold, both escaped (they come from the upload)."""
+    return f"**{markup.text(name_of(path))}**: {markup.text(short(reason))}"
+
+
 def show_unreadable() -> None:
     for item in state.get("read_aside", []):
-        st.error(f"**{name_of(item.path)}**: {short(item.reason)}")
+        st.error(problem(item.path, item.reason))
 
 
 def edit_views(sources: list[ImageSource]) -> dict[Path, View | None]:
@@ -155,31 +173,32 @@ def signature(studies: tuple[Study, ...], model: Path) -> tuple:
 def predict(studies: tuple[Study, ...], model: Path) -> None:
     predictor = common.predictor(model)
     with st.spinner("Predicting…"):
-        items = predictor.predict_studies(studies, batch_size=8, workers=0)
+        items = predictor.predict_studies(studies, batch_size=8, workers=0, runner=common.session().reader)
     state.predictions = {"key": signature(studies, model), "items": items}
 
 
 def display_pixels(path: Path) -> np.ndarray:
-    """The decoded image (float [0, 1]) of a file, kept for this session."""
-    cache = state.setdefault("pixels", {})
-    if path not in cache:
-        if len(cache) > 16:
-            cache.clear()
-        cache[path] = read_image(path).pixels
-    return cache[path]
+    """The decoded image (float [0, 1], at most `DISPLAY_SIDE`) of a file, decoded in the session's reader.
+
+    Kept for this session in a cache bounded in bytes.
+    """
+    cache = state.setdefault("pixels", common.BoundedCache())
+    return cache.get(path, lambda: common.session().reader(read_pixels, path, common.DISPLAY_SIDE))
 
 
 def heatmap(model: Path, study: Study, view: View, label: str) -> np.ndarray:
-    """The Grad-CAM map of one view for one label, kept for this session."""
-    cache = state.setdefault("heatmaps", {})
+    """The Grad-CAM map of one view for one label, kept for this session (bounded in bytes)."""
+    cache = state.setdefault("heatmaps", common.BoundedCache())
     key = (str(model), *(s and s.path for s in (study.frontal, study.lateral)), view, label)
-    if key not in cache:
+
+    def make() -> np.ndarray:
         images = {
             v: display_pixels(s.path) if s else None
             for v, s in ((View.FRONTAL, study.frontal), (View.LATERAL, study.lateral))
         }
-        cache[key] = common.explainer(model).heatmap(view, label, images[View.FRONTAL], images[View.LATERAL])
-    return cache[key]
+        return common.explainer(model).heatmap(view, label, images[View.FRONTAL], images[View.LATERAL])
+
+    return cache.get(key, make)
 
 
 def show_images(model: Path, study: Study, heat_label: str | None) -> None:
@@ -190,11 +209,11 @@ def show_images(model: Path, study: Study, heat_label: str | None) -> None:
                 st.info(f"No {view.value} view in this study.")
                 continue
             pixels = display_pixels(source.path)
-            caption = f"{view.value}: {name_of(source.path)}"
+            caption = f"{view.value}: {markup.text(name_of(source.path))}"
             if heat_label:
                 heat = heatmap(model, study, view, heat_label)
                 picture = common.overlay(pixels, heat)
-                caption += f" — Grad-CAM for {heat_label}"
+                caption += f" — Grad-CAM for {markup.text(heat_label)}"
                 if not heat.any():
                     caption += " (no region raises it on this view)"
             else:
@@ -250,18 +269,19 @@ def probability_chart(table: pd.DataFrame) -> alt.LayerChart:
 def show_study(
     model: Path, study: Study, item: StudyPrediction, thresholds: dict, heat_label: str | None
 ) -> None:
-    st.markdown(f"#### Study `{study.study_id}`")
+    st.markdown(f"#### Study {markup.text(study.study_id)}")
     if not item.ok:
         for error in item.errors:
-            st.error(f"**{name_of(error.path)}**: {short(error.reason)}")
+            st.error(problem(error.path, error.reason))
         return
     st.markdown(f"**Route:** {ROUTE_TEXT[item.route]}")
     show_images(model, study, heat_label)
     table = probability_table(item, thresholds)
-    st.table(highlight(table), hide_index=True)
+    shown = table.assign(label=table["label"].map(markup.text))  # st.table renders Markdown in its cells
+    st.table(highlight(shown), hide_index=True)
     st.altair_chart(probability_chart(table), width="stretch")
     for error in item.errors:
-        st.warning(f"**{name_of(error.path)}**: {short(error.reason)}")
+        st.warning(problem(error.path, error.reason))
 
 
 def show_results(model: Path, studies: tuple[Study, ...]) -> None:
@@ -300,7 +320,9 @@ def main() -> None:
     if not scan.studies:
         st.info("No study has a usable frontal or lateral view; change a view above.")
         return
-    st.caption(f"{len(scan.studies)} stud{'y' if len(scan.studies) == 1 else 'ies'}; model: {model.name}")
+    st.caption(
+        f"{len(scan.studies)} stud{'y' if len(scan.studies) == 1 else 'ies'}; model: {markup.text(model.name)}"
+    )
     if st.button("Predict", type="primary", disabled=not ready):
         predict(scan.studies, model)
     if ready:

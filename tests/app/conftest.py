@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,17 +38,23 @@ def app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path) -
 
 
 @pytest.fixture
-def open_page(app_env: Path) -> Callable[[str], AppTest]:
+def open_page(app_env: Path) -> Iterator[Callable[[str], AppTest]]:
     """Open one page ("predict", "batch", "finetune", "model") through the app's navigation."""
+
+    opened: list[AppTest] = []
 
     def opener(name: str) -> AppTest:
         at = AppTest.from_file(str(ENTRY), default_timeout=60)
+        opened.append(at)
         at.run()
         at.switch_page(f"screens/{name}.py").run()
         assert not at.exception, at.exception
         return at
 
-    return opener
+    yield opener
+    for at in opened:  # an AppTest session never disconnects: end its upload folder and reader here
+        if "session" in at.session_state:
+            at.session_state["session"].close()
 
 
 def texts(at: AppTest, kind: str) -> list[str]:

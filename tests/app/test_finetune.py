@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from app import common
 from app.jobs import list_jobs
 from tests.app.conftest import button, texts
@@ -41,6 +43,8 @@ def test_tiny_training_runs_reports_and_becomes_the_active_model(open_page):
     assert not at.exception, at.exception
     [job] = list_jobs(common.folder("jobs"))
     assert "--arch tiny" in " ".join(job.command) and "--image-size 64" in " ".join(job.command)
+    manifest = job.command[job.command.index("--manifest") + 1]
+    assert manifest == str(common.folder("manifests") / "labels.csv")  # the copy the app checked and wrote
     wait_for(at, "finished", timeout=150)
     assert not at.exception, at.exception
     assert any(m.startswith("### Validation report") for m in texts(at, "markdown"))
@@ -61,3 +65,66 @@ def test_a_reload_reattaches_and_stop_ends_the_run(open_page):
     [job] = list_jobs(common.folder("jobs"))
     assert job.state == "stopped" and not job.running
     assert any("— **stopped**" in m for m in texts(reloaded, "markdown"))
+
+
+def manifest_with(folder, frontal: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "evil.csv"
+    path.write_text(f"study_id,frontal,lateral,nodule\ns1,{frontal},,1\ns2,{frontal},,0\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("image", ["../../../../../../../etc/shadow", "/etc/passwd", "/nonexistent/x.dcm"])
+def test_a_manifest_naming_server_files_is_refused_before_they_are_opened(
+    open_page, monkeypatch, tmp_path, image
+):
+    """Fine-tune accepted manifests whose image paths were ../../../etc/shadow or /etc/passwd and opened them."""
+    monkeypatch.setenv("TWOVIEW_DATA_DIRS", str(tmp_path / "data"))
+    at = open_page("finetune")
+    widget(
+        at.text_input, "Manifest (study_id, patient_id, frontal, lateral, one column per label)"
+    ).set_value(manifest_with(tmp_path / "data", image)).run()
+    button(at, "Start training").click().run()
+    errors = texts(at, "error")
+    assert len(errors) == 1 and "line 2, column 'frontal'" in errors[0] and "data folders" in errors[0]
+    assert "not found" not in errors[0]  # the same answer whether the file exists or not
+    assert not list_jobs(common.folder("jobs"))
+
+
+@pytest.mark.parametrize(
+    ("fill", "message"),
+    [
+        (
+            {"Manifest (study_id, patient_id, frontal, lateral, one column per label)": "/etc/passwd"},
+            "data folders",
+        ),
+        ({"Checkpoint path or URL": "/etc/passwd"}, "data folders"),
+        ({"Checkpoint path or URL": "http://169.254.169.254/latest/meta-data"}, "does not download"),
+    ],
+)
+def test_server_paths_and_urls_in_other_fields_are_refused(open_page, fill, message):
+    at = open_page("finetune")
+    if "Checkpoint path or URL" in fill:
+        widget(at.selectbox, "Starting model").set_value(
+            "another checkpoint, DenseNet121 weights or URL"
+        ).run()
+    for label, value in fill.items():
+        widget(at.text_input, label).set_value(value)
+    at.run()
+    button(at, "Start training").click().run()
+    errors = texts(at, "error")
+    assert len(errors) == 1 and message in errors[0]
+    assert not list_jobs(common.folder("jobs"))
+
+
+def test_a_folder_and_labels_outside_the_data_folders_are_refused(open_page):
+    at = open_page("finetune")
+    at.radio[0].set_value("A folder and a labels CSV").run()
+    widget(at.text_input, "Folder of studies (scanned recursively)").set_value("/etc")
+    widget(at.text_input, "Labels CSV (study_id + one column per label: 1, 0 or blank)").set_value(
+        "/etc/passwd"
+    )
+    at.run()
+    button(at, "Start training").click().run()
+    assert any("data folders" in e for e in texts(at, "error"))
+    assert not list_jobs(common.folder("jobs"))

@@ -10,8 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app import common
 from pipeline.dicom import read_image
 from tests.app.conftest import SAMPLE, THRESHOLDS, button, texts
+from tests.hardening.attacks import (
+    GiB,
+    MiB,
+    dicom_header,
+    huge_dicom,
+    markup_dicom,
+    png_bomb,
+    understated_zip,
+    zeros_zip,
+)
 
 STUDY = SAMPLE / "TV000000000" / "ST00000"
 FRONTAL, LATERAL = STUDY / "SE001" / "1.dcm", STUDY / "SE002" / "2.dcm"
@@ -31,7 +42,9 @@ def predict(at):
 
 
 def results(at) -> list[dict]:
-    return at.table[0].value.to_dict("records")
+    """The probability table, its label names unescaped (st.table renders Markdown, so the page escapes them)."""
+    rows = at.table[0].value.to_dict("records")
+    return [{**row, "label": row["label"].replace("\\", "")} for row in rows]
 
 
 def captions(at) -> list[str]:
@@ -158,3 +171,92 @@ def test_heatmap_toggle_overlays_each_view(open_page):
         assert "— Grad-CAM for nodule" in caption
         assert heat.shape == read_image(path).pixels.shape
         assert ("no region raises it" in caption) == (heat.max() == 0.0)
+
+
+def zip_of(tmp_path: Path, name: str, members: list[tuple[str, bytes, int]]) -> bytes:
+    return zeros_zip(tmp_path / name, members).read_bytes()
+
+
+def all_text(at) -> list[str]:
+    return [*(texts(at, k) for k in ("markdown", "error", "warning", "caption", "success", "info"))]
+
+
+def test_a_header_followed_by_zeros_is_set_aside_in_seconds(open_page, tmp_path):
+    """pydicom walked the zeros for 12.5 minutes with no way to cancel; now the read budget stops it."""
+    header = dicom_header()
+    at = open_page("predict")
+    at.file_uploader[0].upload("zeros.zip", zip_of(tmp_path, "z.zip", [("IM0001", header, 200 * MiB)])).run()
+    errors = texts(at, "error")
+    assert len(errors) == 1 and "elements" in errors[0] and "IM0001" in errors[0]
+
+
+def test_images_past_the_upload_pixel_budget_are_not_decoded(open_page, tmp_path):
+    """Four 16384 px films took the server from 2.9 to 5.3 GB; pixels are now capped per upload, from headers."""
+    header, zeros = huge_dicom(8192)  # 67 M pixels each: two fit in 150 M
+    members = [(f"IM{i}", header, zeros) for i in range(4)]
+    at = open_page("predict")
+    at.file_uploader[0].upload("films.zip", zip_of(tmp_path, "f.zip", members)).run()
+    errors = texts(at, "error")
+    assert len(errors) == 4
+    assert sum("past 150 megapixels" in e for e in errors) == 2
+    assert sum("same value" in e for e in errors) == 2  # decoded (in the reader) and found blank
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("bomb.png", lambda tmp: png_bomb(30000), "too large to load"),
+        ("wide.dcm", lambda tmp: dicom_header(65535, 65535), "more than 16384 on a side"),
+        (
+            "bomb.zip",
+            lambda tmp: zip_of(tmp, "b.zip", [("zeros.dcm", b"", 4 * GiB)]),
+            "holds a file of 4.0 GiB",
+        ),
+        ("liar.zip", lambda tmp: understated_zip(tmp / "liar.zip").read_bytes(), "Bad CRC"),
+        (
+            "four.zip",
+            lambda tmp: zip_of(tmp, "four.zip", [(f"IM{i}", *huge_dicom(16384)) for i in range(4)]),
+            "holds a file of 512 MiB",
+        ),
+    ],
+)
+def test_hostile_uploads_are_refused_with_a_message(open_page, tmp_path, name, make, message):
+    at = open_page("predict")
+    at.file_uploader[0].upload(name, make(tmp_path)).run()
+    assert not at.exception, at.exception
+    errors = texts(at, "error")
+    assert len(errors) == 1 and message in errors[0] and name.split(".")[0] in errors[0]
+    root = at.session_state["upload_folder"].root
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) < 10 * MiB  # nothing big was kept
+
+
+def test_a_reader_past_its_time_limit_is_stopped_and_named(open_page, monkeypatch):
+    monkeypatch.setenv("TWOVIEW_READ_SECONDS", "0.001")
+    at = open_page("predict")
+    at.file_uploader[0].upload("IM0001", FRONTAL.read_bytes(), "application/dicom").run()
+    errors = texts(at, "error")
+    assert len(errors) == 1 and "took longer than 0.001 s" in errors[0]
+
+
+def test_markup_in_dicom_tags_is_shown_as_text(open_page):
+    """A Modality or StudyInstanceUID of `![x](url)` made the browser fetch the URL."""
+    at = open_page("predict")
+    at.file_uploader[0].upload("refused.dcm", markup_dicom("http://127.0.0.1:9"), "application/dicom")
+    at.file_uploader[0].upload(
+        "read.dcm", markup_dicom("http://127.0.0.1:9", readable=True), "application/dicom"
+    )
+    predict(at.run())
+    shown = [t for group in all_text(at) for t in group]
+    assert any("\\!\\[M\\]" in t for t in shown)  # the refusal names the Modality (upper case), escaped
+    assert any(t.startswith("#### Study") and "\\!\\[s\\]" in t for t in shown)
+    assert not [t for t in shown if "![" in t or "<img" in t]
+    assert not [c for c in captions(at) if "![" in c]
+
+
+def test_the_session_image_cache_stays_bounded(open_page):
+    at = predict(pick_sample(open_page("predict")))
+    at.toggle(key="show_heat").set_value(True).run()
+    for name in ("TV000000001", "TV000000002", "TV000000003"):
+        predict(pick_sample(at, name))
+    assert at.session_state["pixels"].nbytes <= common.CACHE_BYTES
+    assert at.session_state["heatmaps"].nbytes <= common.CACHE_BYTES

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from models import CheckpointError, ConfigError, ModelConfig, TwoViewNet
-from models.checkpoint import describe, load, read_config, save
+from models.checkpoint import check, describe, load, read_config, save
 from tests.models.test_twoview import MIXED, make_batch
 
 
@@ -152,3 +156,148 @@ def test_checkpoints_are_readable_by_other_users(tmp_path):
     """A service account (the Docker image's user) must be able to read what training wrote."""
     path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / "m.safetensors")
     assert path.stat().st_mode & 0o444 == 0o444
+
+
+BIG = {  # the validator accepts every field; the network has 173.5 G parameters (646 GiB as float32)
+    "init_features": 1024,
+    "growth_rate": 256,
+    "block_config": [128, 128, 128, 128],
+    "bn_size": 16,
+    "fusion_layers": 64,
+}
+
+
+def _header_of(path):
+    (size,) = struct.unpack("<Q", path.read_bytes()[:8])
+    return json.loads(path.read_bytes()[8 : 8 + size]), path.read_bytes()[8 + size :]
+
+
+def _write(path, header, data):
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+def test_a_1_kb_file_declaring_173_g_parameters_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "big.safetensors"
+    config = ModelConfig(**BIG).to_json()
+    save_file(
+        {"x": torch.zeros(2)},
+        str(path),
+        metadata={"format": "twoview", "format_version": "1", "config": config},
+    )
+    assert path.stat().st_size < 2048
+    for reader in (check, load):
+        with pytest.raises(CheckpointError, match=r"173,471\.2 M parameters \(646\.2 GiB"):
+            reader(path)
+
+
+def test_the_cli_refuses_it_cleanly_without_allocating(tmp_path):
+    """It reached 7.1 GB in 18 s and crashed with a traceback; now a one-line error, its peak RSS measured."""
+    path = tmp_path / "big.safetensors"
+    config = ModelConfig(**BIG).to_json()
+    save_file(
+        {"x": torch.zeros(2)},
+        str(path),
+        metadata={"format": "twoview", "format_version": "1", "config": config},
+    )
+    study = Path(__file__).resolve().parents[2] / "sample_data" / "studies" / "TV000000000"
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "predict",
+        str(study),
+        "--model",
+        str(path),
+        "-o",
+        str(tmp_path / "o.csv"),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    stderr = process.stderr.read()
+    peak = usage.ru_maxrss * 1024
+    print(
+        f"\nCLI on a 173.5 G-parameter checkpoint: exit {os.waitstatus_to_exitcode(status)}, peak RSS {peak / 2**20:.0f} MiB"
+    )
+    assert os.waitstatus_to_exitcode(status) == 2 and "Traceback" not in stderr
+    assert "at most 200 M are loaded" in stderr
+    assert peak < 1024 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("huge_tensor", "wrong shape"),
+        ("header_past_end", "header claims"),
+        ("no_weights", "missing weights"),
+        ("offsets_past_end", "do not fill the file exactly"),
+        ("integer_weights", "dtype twoview does not write"),
+        ("overlapping", "do not fill the file exactly"),
+    ],
+)
+def test_files_that_would_fail_at_predict_are_refused_by_check(tmp_path, change, message):
+    path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / "m.safetensors")
+    header, data = _header_of(path)
+    name = "frontal.head.out.weight"
+    if change == "huge_tensor":
+        header[name]["shape"] = [100000, 100000]
+    elif change == "header_past_end":
+        raw = path.read_bytes()
+        path.write_bytes(struct.pack("<Q", len(raw) * 2) + raw[8:])
+    elif change == "no_weights":
+        header = {"__metadata__": header["__metadata__"]}
+        data = b""
+    elif change == "offsets_past_end":
+        header[name]["data_offsets"][1] += 1 << 30
+        header[name]["shape"] = [header[name]["shape"][0], header[name]["shape"][1]]
+        header[name]["data_offsets"][1] -= 1 << 30
+        data = data[:-4]
+    elif change == "integer_weights":
+        header[name]["dtype"] = "I32"
+    elif change == "overlapping":
+        other = "lateral.head.out.weight"
+        header[name]["data_offsets"] = list(header[other]["data_offsets"])
+    if change != "header_past_end":
+        _write(path, header, data)
+    with pytest.raises(CheckpointError, match=message):
+        check(path)
+    with pytest.raises(CheckpointError):
+        load(path)
+
+
+def test_a_network_too_big_for_one_image_is_refused(tmp_path):
+    """A 4096 px model (the validator's maximum) with a 64-channel stem: 1 GiB for one image's first map."""
+    path = save(TwoViewNet(ModelConfig.tiny(image_size=4096, init_features=64)), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="feature maps of 1,024 MiB per image"):
+        check(path)
+
+
+def test_a_checkpoint_save_wrote_passes_check_in_every_dtype(tmp_path):
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / f"{dtype}.safetensors", dtype=dtype)
+        assert check(path) == ModelConfig.tiny()
+
+
+CAPPED_LOAD = """
+import resource, sys
+from models.checkpoint import load
+with open("/proc/self/status") as status:
+    size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, resource.RLIM_INFINITY))  # torch imports lazily: leave room
+try:
+    load(sys.argv[1])
+    print("loaded")
+except BaseException as err:  # report what came out, whatever it is
+    print(f"{type(err).__name__}: {err}")
+"""
+
+
+def test_running_out_of_memory_while_loading_is_a_clean_error(tmp_path):
+    """A model that passes `check` but does not fit the memory left is refused with a message (a capped process)."""
+    path = save(TwoViewNet(ModelConfig()), tmp_path / "full.safetensors")  # 17 M parameters, 69 MB
+    done = subprocess.run(
+        [sys.executable, "-c", CAPPED_LOAD, str(path)], capture_output=True, text=True, timeout=300
+    )
+    answer = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
+    assert answer.startswith("CheckpointError") and "not enough memory to load this model" in answer, answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, TwoviewError
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -123,3 +124,17 @@ def test_import_weights_errors_are_one_line(tmp_path):
     bad = run("import-weights", str(tmp_path / "notes.pt"), "-o", str(tmp_path / "w.safetensors"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a torch file" in bad.stderr
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_app_data_dirs_are_added_to_the_environment(tmp_path):
+    """`twoview app --data-dir A --data-dir B` extends $TWOVIEW_DATA_DIRS (the folders the pages may read)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    args = cli.build_parser().parse_args(
+        ["app", "--data-dir", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b")]
+    )
+    env = cli._app_environment(args, {"TWOVIEW_DATA_DIRS": "/srv/x"})
+    assert env["TWOVIEW_DATA_DIRS"].split(os.pathsep) == ["/srv/x", str(tmp_path / "a"), str(tmp_path / "b")]
+    args = cli.build_parser().parse_args(["app", "--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(TwoviewError, match="no such folder"):
+        cli._app_environment(args, {})

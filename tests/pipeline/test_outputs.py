@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import logging
+import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,69 @@ def test_prediction_bytes_have_the_predict_columns():
     assert len(rows) == 2 and rows[1][:4] == ["s1", "frontal", "f.dcm", ""]
     [line] = files["jsonl"].decode().splitlines()
     assert json.loads(line)["b_call"] == 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"user,password\nadmin,hunter2",  # no trailing newline: a resume used to cut this last row
+        b"user,password\nadmin,hunter2\n",
+        b'{"user": "admin", "password": "hunter2"}\n{"user": "root"',
+        b"root:x:0:0:root:/root:/bin/bash",
+    ],
+)
+def test_a_file_this_run_did_not_write_is_refused_unchanged(tmp_path, suffix, content):
+    out = tmp_path / f"server{suffix}"
+    out.write_bytes(content)
+    with pytest.raises(OutputError, match="not an output twoview wrote") as caught:
+        PredictionsFile(out, LABELS, THRESHOLDS)
+    assert out.read_bytes() == content
+    assert "hunter2" not in str(caught.value) and "password" not in str(caught.value)
+    errors = errors_path(out)
+    errors.write_bytes(content)
+    with pytest.raises(OutputError, match="not an output twoview wrote"):
+        ErrorsFile(errors)
+    assert errors.read_bytes() == content
+
+
+def test_a_second_writer_of_the_same_file_is_refused_until_the_first_closes(tmp_path):
+    out = tmp_path / "p.csv"
+    first = PredictionsFile(out, LABELS, THRESHOLDS)
+    first.write([prediction("s1")])
+    with pytest.raises(OutputError, match="being written by another twoview job"):
+        PredictionsFile(out, LABELS, THRESHOLDS)
+    with ErrorsFile(errors_path(out)), pytest.raises(OutputError, match="being written by another"):
+        ErrorsFile(errors_path(out))
+    first.close()
+    first.close()  # closing twice is harmless
+    with PredictionsFile(out, LABELS, THRESHOLDS) as second:
+        assert second.done == {"s1"}
+
+
+def test_a_writer_in_another_process_holds_the_lock_until_it_exits(tmp_path):
+    out = tmp_path / "p.jsonl"
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Event()
+
+    def writer():
+        PredictionsFile(out, LABELS, THRESHOLDS).write([prediction("s1")])  # never closed: held until exit
+        ready.set()
+        done.wait(60)
+
+    child = context.Process(target=writer)
+    child.start()
+    assert ready.wait(60)
+    with pytest.raises(OutputError, match="being written by another"):
+        PredictionsFile(out, LABELS, THRESHOLDS)
+    done.set()
+    child.join(60)
+    with PredictionsFile(out, LABELS, THRESHOLDS) as f:  # the kernel dropped the lock with the process
+        assert f.done == {"s1"}
+
+
+def test_a_pipe_is_no_output(tmp_path):
+    out = tmp_path / "p.csv"
+    os.mkfifo(out)
+    with pytest.raises(OutputError, match="not a regular file"):
+        PredictionsFile(out, LABELS, THRESHOLDS)

@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import multiprocessing
+import os
+import shutil
+import socket
+import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +266,95 @@ def test_a_scanned_study_folder_of_pictures_is_one_study(tmp_path):
     write_png(tmp_path / "p2" / "s1" / "view1_frontal.png")
     scan = scan_folder(tmp_path)
     assert [(s.study_id, s.route) for s in scan.studies] == [("p1/s1", "joint"), ("p2/s1", "frontal")]
+
+
+def test_pipes_sockets_devices_and_links_are_set_aside_unopened(tmp_path: Path) -> None:
+    """A FIFO would block an open forever (the test would time out); links never lead out of the folder."""
+    root, outside = tmp_path / "scan", tmp_path / "outside"
+    write_dicom(root / "good.dcm", study_uid="1.2.9")
+    write_dicom(outside / "secret.dcm", study_uid="1.2.8")
+    os.mkfifo(root / "pipe")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(root / "sock"))
+    try:
+        os.mknod(root / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        (root / "null").symlink_to("/dev/null")  # a device through a link: refused as outside the folder
+    (root / "inside").symlink_to(root / "good.dcm")
+    (root / "out").symlink_to(outside / "secret.dcm")
+    (root / "etc").symlink_to(outside, target_is_directory=True)
+    (root / "dangling").symlink_to(root / "gone")
+    (root / "loop").symlink_to(root / "loop")
+    try:
+        result = scan_folder(root)
+    finally:
+        listener.close()
+    assert [s.study_id for s in result.studies] == ["1.2.9"]
+    used = {s.path.name for s in result.sources}
+    assert used == {"good.dcm", "inside"}  # the link inside the folder is read like its target
+    reasons = aside_by_name(result)
+    assert reasons["pipe"] == "not a regular file: a named pipe (FIFO)"
+    assert reasons["sock"] == "not a regular file: a socket"
+    assert reasons["null"] in (
+        "not a regular file: a device",
+        "a link to a file outside the scanned folder: not followed",
+    )
+    assert reasons["out"] == "a link to a file outside the scanned folder: not followed"
+    assert reasons["etc"] == "a link to a folder: not followed"
+    assert reasons["dangling"].startswith("the file cannot be read")
+    assert reasons["loop"].startswith("the file cannot be read")
+    assert "same SOP Instance UID" in reasons["inside"]  # a copy of good.dcm in the same study
+    assert all(a.kind == "unreadable" for a in result.set_aside if a.path.name != "inside")
+
+
+def scan_unprivileged(root: Path) -> tuple[list[str], dict[str, str]]:
+    """`scan_folder(root)` in a forked child that runs as `nobody` (when we are root, which ignores modes)."""
+    context = multiprocessing.get_context("fork")
+    answers = context.SimpleQueue()
+
+    def child() -> None:
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            result = scan_folder(root)
+            answers.put(
+                ([s.study_id for s in result.studies], {str(a.path): a.reason for a in result.set_aside})
+            )
+        except BaseException as err:  # report anything, so the parent can fail with it
+            answers.put(repr(err))
+
+    process = context.Process(target=child)
+    process.start()
+    answer = answers.get()
+    process.join()
+    assert not isinstance(answer, str), answer
+    return answer
+
+
+def test_permission_errors_set_entries_aside_and_the_scan_goes_on() -> None:
+    """A folder listed but not searchable made `is_file()`/`is_symlink()` raise and abort the whole scan."""
+    base = Path(tempfile.mkdtemp(prefix="twoview-perm-", dir="/tmp"))  # reachable by an unprivileged user
+    try:
+        base.chmod(0o755)
+        write_dicom(base / "good.dcm", study_uid="1.2.7")
+        write_dicom(base / "locked" / "a.dcm", study_uid="1.2.6")
+        write_dicom(base / "listed" / "b.dcm", study_uid="1.2.5")
+        (base / "listed" / "deeper").mkdir()
+        write_dicom(base / "listed" / "deeper" / "c.dcm", study_uid="1.2.4")
+        (base / "locked").chmod(0o000)  # cannot be listed
+        (base / "listed").chmod(0o644)  # names can be listed, but nothing inside can be looked at
+        studies, aside = scan_unprivileged(base)
+    finally:
+        for folder in (base / "locked", base / "listed"):
+            folder.chmod(0o755)
+        shutil.rmtree(base)
+    assert studies == ["1.2.7"]
+    assert aside[str(base / "locked")] == "the folder cannot be read (Permission denied)"
+    assert aside[str(base / "listed" / "b.dcm")] == "the file cannot be read (Permission denied)"
+    assert aside[str(base / "listed" / "deeper")] == "the folder cannot be read (Permission denied)"
+
+
+def test_a_root_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TwoviewError, match="no such file or folder"):
+        scan_folder(tmp_path / "missing")
