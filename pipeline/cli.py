@@ -59,27 +59,34 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.deidentify import Deidentifier
     from pipeline.manifest import read_manifest
-    from pipeline.predict import predict_folder
+    from pipeline.predict import Predictor, load_model, predict_folder
     from pipeline.shards import parse_shard
 
     if (args.folder is None) == (args.manifest is None):
         raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
     if args.images is not None and args.manifest is None:
         raise TwoviewError("--images is for --manifest; a FOLDER is scanned as it is")
+    if args.dicom_heatmaps and not args.dicom_out:
+        raise TwoviewError(
+            "--dicom-heatmaps adds Grad-CAM captures to the DICOM results: give --dicom-out DIR too"
+        )
     source = args.folder if args.manifest is None else read_manifest(args.manifest, args.images, labels=())
     output = Path(args.output)
     if not output.parent.exists():
         log.info("creating the output folder %s", output.parent)
+    deidentify = Deidentifier.from_env() if args.deidentify else None
+    model, model_path = load_model(args.model)
+    predictor = Predictor(model, device=args.device, fast=args.fast)
     summary = predict_folder(
         source,
         output,
-        args.model,
+        model_path,
         batch_size=args.batch_size,
-        device=args.device,
         workers=args.workers,
-        fast=args.fast,
+        predictor=predictor,
         shard=parse_shard(args.shard) if args.shard else None,
-        deidentify=Deidentifier.from_env() if args.deidentify else None,
+        deidentify=deidentify,
+        sink=_dicom_results(args, model, model_path, deidentify),
     )
     if summary.studies == 0:
         raise TwoviewError(
@@ -95,6 +102,23 @@ def _predict(args: argparse.Namespace) -> int:
             f"none of the {summary.studies} studies could be predicted (no readable view); see {summary.errors_output}"
         )
     return 0
+
+
+def _dicom_results(args: argparse.Namespace, model, model_path: Path, deidentify):
+    """The `--dicom-out` writer (SRs, and Grad-CAM captures with `--dicom-heatmaps`), or None."""
+    if not args.dicom_out:
+        return None
+    from pipeline.dicom_results import DicomResults
+    from pipeline.explain import Explainer
+    from pipeline.sr import ModelIdentity
+
+    return DicomResults(
+        args.dicom_out,
+        ModelIdentity.from_checkpoint(model_path, model.config),
+        model.config.thresholds,
+        deidentify=deidentify,
+        explainer=Explainer(model) if args.dicom_heatmaps else None,
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -136,8 +160,21 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--deidentify",
         action="store_true",
-        help="write keyed pseudonyms for study ids and file paths (outputs and logs); the secret key "
-        "comes from $TWOVIEW_DEIDENTIFY_KEY, and the same key gives the same pseudonyms",
+        help="write keyed pseudonyms for study ids and file paths (outputs and logs) and for the UIDs and "
+        "patient of DICOM results; the secret key comes from $TWOVIEW_DEIDENTIFY_KEY, and the same key "
+        "gives the same pseudonyms",
+    )
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="also write a DICOM Structured Report per predicted DICOM study into DIR (<study>.sr.dcm): "
+        "every label's probabilities, calls and route, the model, and the source images referenced",
+    )
+    p.add_argument(
+        "--dicom-heatmaps",
+        action="store_true",
+        help="with --dicom-out: a Secondary Capture of the Grad-CAM overlay per positive call and view, "
+        "labelled NOT FOR DIAGNOSIS",
     )
     p.set_defaults(handler=_predict)
 
