@@ -62,6 +62,10 @@ def _predict(args: argparse.Namespace) -> int:
     from pipeline.predict import Predictor, load_model, predict_folder
     from pipeline.shards import parse_shard
 
+    if args.dicomweb:
+        return _predict_dicomweb(args)
+    if args.study or args.since or args.store:
+        raise TwoviewError("--study, --since and --store are for studies on a PACS: give --dicomweb URL too")
     if (args.folder is None) == (args.manifest is None):
         raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
     if args.images is not None and args.manifest is None:
@@ -86,7 +90,7 @@ def _predict(args: argparse.Namespace) -> int:
         predictor=predictor,
         shard=parse_shard(args.shard) if args.shard else None,
         deidentify=deidentify,
-        sink=_dicom_results(args, model, model_path, deidentify),
+        sink=_dicom_results(args, model, model_path, deidentify, args.dicom_out),
     )
     if summary.studies == 0:
         raise TwoviewError(
@@ -104,16 +108,57 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dicom_results(args: argparse.Namespace, model, model_path: Path, deidentify):
-    """The `--dicom-out` writer (SRs, and Grad-CAM captures with `--dicom-heatmaps`), or None."""
-    if not args.dicom_out:
+def _predict_dicomweb(args: argparse.Namespace) -> int:
+    from pipeline.deidentify import Deidentifier
+    from pipeline.dicomweb import Pacs, parse_date
+    from pipeline.pacs import predict_pacs, working_folder
+    from pipeline.predict import Predictor, load_model
+
+    if args.folder or args.manifest or args.shard:
+        raise TwoviewError(
+            "--dicomweb reads the studies from the PACS: give no FOLDER, --manifest or --shard"
+        )
+    if args.study and args.since:
+        raise TwoviewError("give --study UID ... or --since DATE, not both")
+    if args.dicom_heatmaps and not (args.dicom_out or args.store):
+        raise TwoviewError(
+            "--dicom-heatmaps adds Grad-CAM captures to the DICOM results: give --dicom-out or --store"
+        )
+    since = parse_date(args.since) if args.since else None
+    pacs = Pacs.from_env(args.dicomweb, attempts=args.dicomweb_attempts)
+    deidentify = Deidentifier.from_env() if args.deidentify else None
+    model, model_path = load_model(args.model)
+    predictor = Predictor(model, device=args.device, fast=args.fast)
+    output = Path(args.output)
+    folder = args.dicom_out or (working_folder(output) / "outbox" if args.store else None)
+    predict_pacs(
+        pacs,
+        output,
+        predictor,
+        model_path=model_path,
+        study_uids=args.study or (),
+        since=since,
+        results=_dicom_results(args, model, model_path, deidentify, folder),
+        store=args.store,
+        keep_results=bool(args.dicom_out),
+        deidentify=deidentify,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        chunk=args.fetch_chunk,
+    )
+    return 0
+
+
+def _dicom_results(args: argparse.Namespace, model, model_path: Path, deidentify, folder):
+    """The DICOM results writer into `folder` (SRs, and Grad-CAM captures with `--dicom-heatmaps`), or None."""
+    if not folder:
         return None
     from pipeline.dicom_results import DicomResults
     from pipeline.explain import Explainer
     from pipeline.sr import ModelIdentity
 
     return DicomResults(
-        args.dicom_out,
+        folder,
         ModelIdentity.from_checkpoint(model_path, model.config),
         model.config.thresholds,
         deidentify=deidentify,
@@ -175,6 +220,46 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --dicom-out: a Secondary Capture of the Grad-CAM overlay per positive call and view, "
         "labelled NOT FOR DIAGNOSIS",
+    )
+    pacs = p.add_argument_group(
+        "studies on a PACS (DICOMweb)",
+        "Credentials come from the environment only: $TWOVIEW_DICOMWEB_TOKEN (a bearer token), or "
+        "$TWOVIEW_DICOMWEB_USER and $TWOVIEW_DICOMWEB_PASSWORD (HTTP basic).",
+    )
+    pacs.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help="predict studies of this DICOMweb server (its root, e.g. https://pacs/dicom-web) instead of a folder: "
+        "found with QIDO-RS, fetched with WADO-RS a chunk at a time; rerun the same command to resume",
+    )
+    pacs.add_argument(
+        "--study",
+        nargs="+",
+        action="extend",
+        metavar="UID",
+        help="these Study Instance UIDs (default: every CR/DX study)",
+    )
+    pacs.add_argument(
+        "--since", metavar="DATE", help="the CR/DX studies acquired on or after DATE (YYYY-MM-DD)"
+    )
+    pacs.add_argument(
+        "--store",
+        action="store_true",
+        help="send each study's DICOM results (the SR, and Grad-CAM captures with --dicom-heatmaps) back with STOW-RS",
+    )
+    pacs.add_argument(
+        "--fetch-chunk",
+        type=int,
+        default=16,
+        metavar="N",
+        help="studies fetched, predicted and stored at a time (default: 16)",
+    )
+    pacs.add_argument(
+        "--dicomweb-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="tries per request before the PACS counts as gone (default: 5, about 30 s of back-off)",
     )
     p.set_defaults(handler=_predict)
 

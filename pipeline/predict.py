@@ -382,7 +382,10 @@ class PredictionOutput:
     def _set_aside(self, item: SetAside) -> SetAside:
         if self.deidentify is not None:
             return self.deidentify.set_aside(item)
-        return item if self.relative_to is None else replace(item, path=self._relative(item.path))
+        if self.relative_to is None:
+            return item
+        reason = item.reason.replace(f"{self.relative_to}/", "")
+        return replace(item, path=self._relative(item.path), reason=reason)
 
     def _relative(self, path: Path | None) -> Path | None:
         if path is None or self.relative_to is None or not path.is_relative_to(self.relative_to):
