@@ -66,6 +66,8 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_dicomweb(args)
     if args.study or args.since or args.store:
         raise TwoviewError("--study, --since and --store are for studies on a PACS: give --dicomweb URL too")
+    if args.engine != "ray" and (args.address or args.ray_actors):
+        raise TwoviewError("--address and --ray-actors are for --engine ray")
     if (args.folder is None) == (args.manifest is None):
         raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
     if args.images is not None and args.manifest is None:
@@ -80,6 +82,26 @@ def _predict(args: argparse.Namespace) -> int:
         log.info("creating the output folder %s", output.parent)
     deidentify = Deidentifier.from_env() if args.deidentify else None
     model, model_path = load_model(args.model)
+    sink = _dicom_results(args, model, model_path, deidentify, args.dicom_out)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.engine == "ray":
+        from pipeline.ray_engine import predict_folder_ray
+
+        summary = predict_folder_ray(
+            source,
+            output,
+            model_path,
+            address=args.address,
+            actors=args.ray_actors,
+            actor_cpus=args.ray_actor_cpus,
+            device=args.device,
+            batch_size=args.batch_size,
+            fast=args.fast,
+            shard=shard,
+            deidentify=deidentify,
+            sink=sink,
+        )
+        return _check_summary(summary, source)
     predictor = Predictor(model, device=args.device, fast=args.fast)
     summary = predict_folder(
         source,
@@ -88,10 +110,15 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         predictor=predictor,
-        shard=parse_shard(args.shard) if args.shard else None,
+        shard=shard,
         deidentify=deidentify,
-        sink=_dicom_results(args, model, model_path, deidentify, args.dicom_out),
+        sink=sink,
     )
+    return _check_summary(summary, source)
+
+
+def _check_summary(summary, source) -> int:
+    """A run that found nothing to predict, or could predict none of it, is an error (exit 2)."""
     if summary.studies == 0:
         raise TwoviewError(
             f"no studies to predict in {source}"
@@ -220,6 +247,28 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --dicom-out: a Secondary Capture of the Grad-CAM overlay per positive call and view, "
         "labelled NOT FOR DIAGNOSIS",
+    )
+    ray = p.add_argument_group("many machines (Ray)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine; ray: Ray Data on a Ray cluster, decoding in CPU tasks and the model in "
+        'GPU or CPU actors (pip install "twoview[ray]"; the folder must be on a file system every node reads)',
+    )
+    ray.add_argument(
+        "--address",
+        help="the Ray cluster to join (e.g. auto, or ray://head:10001; default: a running one, else a new local one)",
+    )
+    ray.add_argument(
+        "--ray-actors", type=int, metavar="N", help="model copies (default: one per GPU, else 1)"
+    )
+    ray.add_argument(
+        "--ray-actor-cpus",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs each model actor reserves (default: 1)",
     )
     pacs = p.add_argument_group(
         "studies on a PACS (DICOMweb)",

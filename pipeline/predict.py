@@ -39,6 +39,7 @@ __all__ = [
     "PredictionOutput",
     "Predictor",
     "StudyPrediction",
+    "decode_errors",
     "default_workers",
     "failed_prediction",
     "gather",
@@ -159,14 +160,16 @@ class _Studies(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, StudySample, tuple[SetAside, ...]]:
         sample = self.base[index]
-        study = self.base.studies[index]
-        failed = self.base.failed
-        errors = tuple(
-            SetAside(s.path, f"cannot be decoded: {failed[s.path]}", study.study_id, "unreadable")
-            for s in study.sources
-            if s.path in failed
-        )
-        return index, sample, errors
+        return index, sample, decode_errors(self.base.studies[index], self.base.failed)
+
+
+def decode_errors(study: Study, failed: dict[Path, str]) -> tuple[SetAside, ...]:
+    """The study's files that failed to decode (`StudyDataset.failed`), as errors-file entries."""
+    return tuple(
+        SetAside(s.path, f"cannot be decoded: {failed[s.path]}", study.study_id, "unreadable")
+        for s in study.sources
+        if s.path in failed
+    )
 
 
 def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> _Loaded:
