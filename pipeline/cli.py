@@ -145,8 +145,17 @@ def _predict_dicomweb(args: argparse.Namespace) -> int:
         raise TwoviewError(
             "--dicomweb reads the studies from the PACS: give no FOLDER, --manifest or --shard"
         )
+    if args.engine == "ray":
+        raise TwoviewError(
+            "--dicomweb runs on this machine; --engine ray is for folders on a shared file system"
+        )
     if args.study and args.since:
         raise TwoviewError("give --study UID ... or --since DATE, not both")
+    if args.store and args.deidentify:
+        raise TwoviewError(
+            "--store puts the results into each patient's study in the PACS, where de-identified results "
+            "belong to no study; with --deidentify write them with --dicom-out DIR instead"
+        )
     if args.dicom_heatmaps and not (args.dicom_out or args.store):
         raise TwoviewError(
             "--dicom-heatmaps adds Grad-CAM captures to the DICOM results: give --dicom-out or --store"

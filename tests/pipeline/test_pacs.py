@@ -195,3 +195,25 @@ def test_dicomweb_settings_are_checked_before_any_request(tmp_path, monkeypatch)
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     with pytest.raises(DicomwebError, match=PASSWORD_ENV):
         Pacs.from_env("https://pacs.example/dicom-web")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--store", "--deidentify"], "with --deidentify write them with --dicom-out"),
+        (["--study", "1.2.3", "--since", "2024-01-01"], "not both"),
+        (["--since", "yesterday"], "YYYY-MM-DD"),
+        (["--engine", "ray"], "--dicomweb runs on this machine"),
+    ],
+)
+def test_dicomweb_options_that_do_not_go_together(extra, message, checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TWOVIEW_DEIDENTIFY_KEY", "a-key-that-is-long-enough-1234")
+    argv = [
+        "predict",
+        "--dicomweb",
+        f"http://127.0.0.1:{free_port()}/dicom-web",
+        "-o",
+        str(tmp_path / "o.csv"),
+    ]
+    assert cli.main([*argv, "--model", str(checkpoint), *extra]) == 2
+    assert message in capsys.readouterr().err
