@@ -2,7 +2,7 @@
 
 Starts Orthanc with its DICOMweb plugin on 127.0.0.1 (a throw-away storage folder), uploads the
 sample studies, then times in one run: `predict_folder` on the local folder (the same studies, the
-same model) and `predict_pacs` against Orthanc (QIDO-RS, WADO-RS a chunk at a time, prediction,
+same model), with and without writing an SR per study, and `predict_pacs` against Orthanc (QIDO-RS, WADO-RS a chunk at a time, prediction,
 STOW-RS of one SR per study), and a rerun that finds everything done. Needs the Debian packages
 `orthanc` and `orthanc-dicomweb`.
 
@@ -49,6 +49,10 @@ def main() -> None:
             start = time.perf_counter()
             local = predict_folder(SAMPLES, tmp / "local.csv", args.model, predictor=predictor)
             local_s = time.perf_counter() - start
+            start = time.perf_counter()
+            sink = DicomResults(tmp / "sr", identity, model.config.thresholds)
+            predict_folder(SAMPLES, tmp / "local-sr.csv", args.model, predictor=predictor, sink=sink)
+            local_sr = time.perf_counter() - start
 
             os.environ.update({USER_ENV: USER, PASSWORD_ENV: PASSWORD})
             pacs = Pacs.from_env(server.dicomweb)
@@ -71,11 +75,14 @@ def main() -> None:
     print("| run | seconds | studies/s |\n|---|---|---|")
     print(f"| local folder (`predict_folder`) | {local_s:.1f} | {local.predicted / local_s:.2f} |")
     print(
+        f"| local folder + an SR per study (`--dicom-out`) | {local_sr:.1f} | {local.predicted / local_sr:.2f} |"
+    )
+    print(
         f"| Orthanc round trip: QIDO + WADO ({summary.images} images) + predict + STOW ({summary.stored} SRs) "
         f"| {round_trip:.1f} | {summary.predict.predicted / round_trip:.2f} |"
     )
     print(f"| rerun (everything done: one QIDO per modality, nothing fetched or stored) | {rerun:.1f} | - |")
-    print(f"round trip / local: {round_trip / local_s:.2f}x the time")
+    print(f"round trip / local with SRs: {round_trip / local_sr:.2f}x the time")
 
 
 if __name__ == "__main__":
