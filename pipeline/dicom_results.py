@@ -25,7 +25,7 @@ from pipeline.errors import ImageError, TwoviewError
 from pipeline.explain import Explainer
 from pipeline.heatmap_sc import heatmap_capture
 from pipeline.records import StudyPrediction
-from pipeline.sr import ModelIdentity, build_sr, derived_uid
+from pipeline.sr import ModelIdentity, SRError, build_sr, derived_uid
 from pipeline.views import View
 
 __all__ = ["DicomResults", "source_header"]
@@ -88,6 +88,11 @@ class DicomResults:
         deidentify: Deidentifier | None = None,
         explainer: Explainer | None = None,
     ) -> None:
+        if deidentify is not None and explainer is not None:
+            raise TwoviewError(
+                "--dicom-heatmaps copies the radiographs' pixels, which may show burned-in names, and twoview "
+                "does not de-identify pixels: drop --dicom-heatmaps or --deidentify"
+            )
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.model = model
@@ -125,14 +130,20 @@ class DicomResults:
             return []
         sources = [headers[v] for v in (View.FRONTAL, View.LATERAL) if v in headers]
         study_uid = str(sources[0].StudyInstanceUID)
-        sr = build_sr(
-            prediction,
-            sources,
-            self.model,
-            self.thresholds,
-            series_uid=derived_uid("sr-series", self.model.sha256, study_uid),
-            sop_uid=derived_uid("sr", self.model.sha256, study_uid),
-        )
+        try:
+            sr = build_sr(
+                prediction,
+                sources,
+                self.model,
+                self.thresholds,
+                series_uid=derived_uid("sr-series", self.model.sha256, study_uid),
+                sop_uid=derived_uid("sr", self.model.sha256, study_uid),
+            )
+        except (SRError, ValueError, TypeError, AttributeError) as err:  # highdicom refusing an odd header
+            logger.warning(
+                "study %s: no SR, its image headers do not allow one (%s)", prediction.study_id, err
+            )
+            return []
         stem = self.key(prediction.study_id)
         paths = [self._save(sr, self.folder / f"{stem}.sr.dcm")]
         if self.explainer is not None:

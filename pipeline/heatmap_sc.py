@@ -53,7 +53,7 @@ def heatmap_capture(
     )
     sc.SeriesDescription = HEATMAP_SERIES_DESCRIPTION
     sc.BurnedInAnnotation = "YES"
-    sc.Laterality = ""  # Type 2C: a chest is not a paired body part
+    sc.BodyPartExamined = "CHEST"  # unpaired: no Laterality (Type 2C)
     sc.ImageComments = (
         f"{banner}. Research output of an AI model; it shows where the model looked, not a finding."
     )

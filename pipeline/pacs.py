@@ -92,7 +92,6 @@ def predict_pacs(
         raise TwoviewError(f"the fetch chunk must be at least 1 study, got {chunk}")
     images = working_folder(out_path) / "studies"
     shutil.rmtree(images, ignore_errors=True)  # the chunk of an interrupted run
-    images.mkdir(parents=True)
     run = _Run(pacs, out_path, predictor, results, store, keep_results, batch_size, workers, chunk, images)
     start = time.perf_counter()
     local = deidentify.under(images) if deidentify is not None else None
@@ -103,6 +102,7 @@ def predict_pacs(
             raise DicomwebError(f"PACS {pacs.url} has no {'/'.join(IMAGE_MODALITIES)} studies{since_text}")
         run.summary.found = len(uids)
         run.summary.predict = start_summary(out_path, model_path, predictor.config, len(uids))
+        images.mkdir(parents=True)
         try:
             run.predict(uids, local)
         finally:

@@ -145,7 +145,7 @@ def test_dciodvfy_finds_no_errors_in_the_sr_and_the_heatmap_captures(studies, ch
 
 def test_deidentified_srs_carry_pseudonyms_and_no_dates(studies, checkpoint, tmp_path):
     deid = Deidentifier(KEY)
-    _, _, rows = run(studies, checkpoint, tmp_path, deidentify=deid, heatmaps=True)
+    _, _, rows = run(studies, checkpoint, tmp_path, deidentify=deid)
     originals = [
         pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(studies.rglob("*")) if p.is_file()
     ]
@@ -180,7 +180,13 @@ def test_cli_dicom_out_and_studies_without_dicom(studies, checkpoint, tmp_path, 
     assert "not DICOM files, so it gets no SR" in caplog.text
 
 
-def test_cli_refuses_heatmaps_without_dicom_out(studies, checkpoint, tmp_path, capsys):
+def test_cli_refuses_heatmaps_without_dicom_out_or_with_deidentify(
+    studies, checkpoint, tmp_path, monkeypatch, capsys
+):
     argv = ["predict", str(studies), "--model", str(checkpoint), "-o", str(tmp_path / "o.csv")]
     assert cli.main([*argv, "--dicom-heatmaps"]) == 2
     assert "give --dicom-out" in capsys.readouterr().err
+    monkeypatch.setenv("TWOVIEW_DEIDENTIFY_KEY", KEY)
+    assert cli.main([*argv, "--dicom-heatmaps", "--dicom-out", str(tmp_path / "d"), "--deidentify"]) == 2
+    assert "does not de-identify pixels" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
