@@ -1,7 +1,11 @@
 """Phantom speed: two-view studies rendered per second on one core (the training-set budget is >= 5/s).
 
-``python bench/phantom.py --picture sample_data/phantom.png`` also redraws the README picture: a
-generated PA | the same patient's lateral | the real RG1 PA from pydicom's test data, for comparison.
+Each study draws a patient, findings and an exam (AP/PA, rotation, arms, devices, film look) exactly
+as ``sample_data.generate`` does, so the figure covers the variants' cost.
+
+``python bench/phantom.py --picture sample_data/phantom.png`` also redraws the README picture: a clean
+generated PA | the same patient's lateral | a bedside AP of another patient with devices and
+markers | its lateral | the real RG1 PA from pydicom's test data, for comparison.
 """
 
 from __future__ import annotations
@@ -17,10 +21,22 @@ from PIL import Image
 from sample_data.anatomy import Patient, random_patient
 from sample_data.findings import random_findings
 from sample_data.phantom import simulate
+from sample_data.variants import Exam, Film, random_exam
 
 __all__ = ["main", "picture"]
 
 _PICTURE_PATIENT = Patient(seed=3, sex="F")
+_BEDSIDE = (
+    Patient(seed=8, sex="M", habitus="obese", soft_tissue_mm=40.0, inspiration=-0.3),
+    Exam(
+        projection="AP_supine",
+        rotation_deg=8.0,
+        arms="down",
+        facing="right",
+        devices=("ecg", "pacemaker", "ett", "ngt", "central_line"),
+        film=Film(seed=2, marker=True, text=("AP SUPINE", "PORTABLE"), collimation="black", cropped=True),
+    ),
+)
 
 
 def _reference(height: int) -> np.ndarray | None:
@@ -44,15 +60,21 @@ def _reference(height: int) -> np.ndarray | None:
     return np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR))
 
 
-def picture(path: str | Path, size: int = 480) -> None:
-    """Write generated PA | generated lateral | real RG1 PA side by side as an 8-bit PNG."""
-    views = simulate(_PICTURE_PATIENT, [], size=size)
-    panels = [views.frontal, views.lateral]
+def _height(img: np.ndarray, height: int) -> np.ndarray:
+    width = round(img.shape[1] * height / img.shape[0])
+    return np.asarray(Image.fromarray(img.astype(np.float32)).resize((width, height), Image.BILINEAR))
+
+
+def picture(path: str | Path, size: int = 400) -> None:
+    """Write clean PA | lateral | bedside AP | lateral | real RG1 PA side by side as an 8-bit PNG."""
+    clean = simulate(_PICTURE_PATIENT, [], size=size)
+    bedside = simulate(_BEDSIDE[0], [], size=size, exam=_BEDSIDE[1])
+    panels = [clean.frontal, clean.lateral, bedside.frontal, bedside.lateral]
     ref = _reference(size)
     if ref is not None:
         panels.append(ref)
-    row = np.concatenate(panels, axis=1)
-    Image.fromarray(np.round(row * 255).astype(np.uint8)).save(path, optimize=True)
+    row = np.concatenate([_height(p, size) for p in panels], axis=1)
+    Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8)).save(path, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.picture is not None:
         picture(args.picture)
     rng = np.random.default_rng(0)
-    cases = [(random_patient(rng), random_findings(rng)) for _ in range(args.studies)]
-    simulate(*cases[0], size=args.size)  # warm-up
+    cases = [(random_patient(rng), random_findings(rng), random_exam(rng)) for _ in range(args.studies)]
+    simulate(*cases[0][:2], size=args.size, exam=cases[0][2])  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
-    for patient, findings in cases:
-        simulate(patient, findings, size=args.size)
+    for patient, findings, exam in cases:
+        simulate(patient, findings, size=args.size, exam=exam)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     # CPU time as well: on a shared machine the wall clock also counts other people's work.

@@ -31,9 +31,13 @@ def _version() -> str:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
+    from pipeline.progress import progress_bar
     from sample_data.generate import write_dataset
 
-    summary = write_dataset(args.out, n_studies=args.studies, seed=args.seed, size=args.size)
+    with progress_bar(args.studies, "studies") as bar:
+        summary = write_dataset(
+            args.out, n_studies=args.studies, seed=args.seed, size=args.size, progress=bar.update
+        )
     routes = ", ".join(f"{n} {route.replace('_', ' ')}" for route, n in summary.routes.items())
     findings = ", ".join(f"{name} {n}" for name, n in summary.findings.items())
     print(

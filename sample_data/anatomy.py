@@ -11,15 +11,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "HABITUS",
+    "HABITUS_SHARES",
+    "HEART_PITCH_DEG",
     "HEART_TILT_DEG",
+    "SCOLIOSIS_SHARE",
     "MU",
     "Anatomy",
     "Grid",
     "Painter",
     "Patient",
+    "body_extent",
     "build_anatomy",
+    "grid_for",
     "heart_radii",
     "random_patient",
+    "spine_center",
 ]
 
 # Linear attenuation per mm at an effective ~60 keV (chest radiography at 110-125 kVp).
@@ -38,62 +45,96 @@ MU = {
 }
 
 
+HABITUS = ("thin", "average", "obese")
+HABITUS_SHARES = (0.2, 0.6, 0.2)
+SCOLIOSIS_SHARE = 0.12  # patients with a mild thoracic curve (Cobb 8-20 degrees)
+
+
 @dataclass(frozen=True)
 class Patient:
-    """The knobs that make one synthetic patient differ from another."""
+    """The knobs that make one synthetic patient differ from another (how the films are taken is ``Exam``)."""
 
     seed: int
     sex: str = "M"  # "M" or "F": F is smaller and has breast shadows over the lower zones
     scale: float = 1.0  # overall body size
     inspiration: float = 0.0  # -1 (poor) .. +1 (deep): moves the domes and spreads the ribs
-    rotation_deg: float = 0.0  # rotation about the vertical axis (malpositioning)
     heart_scale: float = 1.0  # heart size; cardiomegaly raises it
     soft_tissue_mm: float = 22.0  # chest-wall soft tissue thickness
     exposure: float = 1.0  # relative dose: scales the photon count (noise)
+    habitus: str = "average"  # "thin", "average" or "obese": outline, fat, breasts and belly
+    scoliosis_deg: float = 0.0  # Cobb angle of a mild thoracic curve; > 0 bulges to the patient's right
+    dome_gap_mm: float = 14.0  # how far the left dome sits below the right (negative: left higher)
 
 
 def random_patient(rng: np.random.Generator) -> Patient:
-    """Draw a plausible adult."""
+    """Draw a plausible adult; habitus and scoliosis come in the shares ``HABITUS_SHARES``/``SCOLIOSIS_SHARE``."""
     sex = "F" if rng.random() < 0.5 else "M"
+    habitus = HABITUS[int(rng.choice(len(HABITUS), p=HABITUS_SHARES))]
+    soft = {
+        "thin": rng.uniform(7.0, 14.0),
+        "average": np.clip(rng.normal(22.0, 5.0), 14.0, 34.0),
+        "obese": rng.uniform(34.0, 56.0),
+    }[habitus]
+    size = {"thin": 0.97, "average": 1.0, "obese": 1.04}[habitus]
+    scoliosis = rng.uniform(8.0, 20.0) * (1.0 if rng.random() < 0.5 else -1.0)
+    curved = rng.random() < SCOLIOSIS_SHARE
     return Patient(
         seed=int(rng.integers(0, 2**31 - 1)),
         sex=sex,
-        scale=float(rng.normal(0.93 if sex == "F" else 1.0, 0.05)),
+        scale=float(rng.normal(0.93 if sex == "F" else 1.0, 0.05) * size),
         inspiration=float(np.clip(rng.normal(0.2, 0.45), -1.0, 1.0)),
-        rotation_deg=float(rng.normal(0.0, 2.5)),
-        heart_scale=float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.07)),
-        soft_tissue_mm=float(np.clip(rng.normal(22.0, 7.0), 10.0, 45.0)),
+        heart_scale=float(np.clip(rng.normal(1.0, 0.06), 0.86, 1.14)),
+        soft_tissue_mm=float(soft),
         exposure=float(np.exp(rng.normal(0.0, 0.3))),
+        habitus=habitus,
+        scoliosis_deg=float(scoliosis if curved else 0.0),
+        dome_gap_mm=float(np.clip(rng.normal(14.0, 8.0), -6.0, 34.0)),
     )
 
 
 @dataclass(frozen=True)
 class Grid:
-    """A regular voxel grid in patient millimetres."""
+    """A regular voxel grid in patient millimetres; ``build_anatomy`` fits its depth to the body."""
 
     voxel_mm: float = 4.0  # coarse on purpose: fine detail (vessels, bones' edges) is drawn in 2D
-    width_mm: float = 390.0  # x
+    width_mm: float = 392.0  # x, centred on the midline
     depth_mm: float = 320.0  # y
-    height_mm: float = 396.0  # z
+    height_mm: float = 368.0  # z, from the top of the field
+    y0_mm: float = -160.0  # patient y of the grid's anterior edge
 
     @property
     def shape(self) -> tuple[int, int, int]:
         v = self.voxel_mm
         return round(self.height_mm / v), round(self.depth_mm / v), round(self.width_mm / v)
 
+    @property
+    def lo(self) -> tuple[float, float]:
+        """Patient (y, x) of the first voxel's edge."""
+        return self.y0_mm, -self.width_mm / 2
+
     def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Voxel-centre coordinates along z, y and x."""
         nz, ny, nx = self.shape
         v = self.voxel_mm
         z = (np.arange(nz, dtype=np.float32) + 0.5) * v
-        y = (np.arange(ny, dtype=np.float32) + 0.5) * v - self.depth_mm / 2
+        y = (np.arange(ny, dtype=np.float32) + 0.5) * v + self.y0_mm
         x = (np.arange(nx, dtype=np.float32) + 0.5) * v - self.width_mm / 2
         return z, y, x
+
+    def index(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Voxel indices (k, j, i) of patient points and whether each lies inside the grid."""
+        v = self.voxel_mm
+        k = np.floor(np.asarray(z) / v).astype(np.int64)
+        j = np.floor((np.asarray(y) - self.y0_mm) / v).astype(np.int64)
+        i = np.floor((np.asarray(x) + self.width_mm / 2) / v).astype(np.int64)
+        nz, ny, nx = self.shape
+        inside = (k >= 0) & (k < nz) & (j >= 0) & (j < ny) & (i >= 0) & (i < nx)
+        return k, j, i, inside
 
 
 @dataclass
 class Anatomy:
-    """One patient's volume plus the landmarks the findings and the truth table need."""
+    """One patient's volume plus the landmarks the findings, the skeleton and the truth table need."""
 
     patient: Patient
     grid: Grid
@@ -101,15 +142,15 @@ class Anatomy:
     lung: np.ndarray  # [z, y, x] bool, aerated lung before any finding
     heart: np.ndarray  # [z, y, x] bool
     cavity: np.ndarray  # [z, y, x] bool, inside the rib cage (lungs + mediastinum)
-    px: np.ndarray  # [1, y, x] patient x of each column (rotation applied)
+    px: np.ndarray  # [1, y, x] patient x of each column
     py: np.ndarray  # [1, y, x] patient y
     landmarks: dict[str, float] = field(default_factory=dict)
     # Rib samples kept out of ``mu`` so each view can project them sharply through a diverging beam:
-    # [n, 4] grid x, grid y, z (mm) and the line integral each adds (see ``_rib_samples``).
+    # [n, 4] patient x, y, z (mm) and the line integral each adds (see ``sample_data.skeleton``).
     ribs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
-    def thorax(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inner rib-cage semi-axes (a along x, b along y) at heights ``z``."""
+    def thorax(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inner rib-cage semi-axes (a along x, b along y) and centre y at heights ``z``."""
         return _cage_axes(z, self.landmarks)
 
     def dome(self) -> np.ndarray:
@@ -117,13 +158,21 @@ class Anatomy:
         return _dome_surface(self.px, self.py, self.landmarks)
 
 
-def _cage_axes(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _cage_axes(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inner rib-cage semi-axes (a, b) and centre y at heights ``z``.
+
+    The cage is widest just above the domes and closes over the apices. Its depth grows steadily
+    from the top, and it grows forwards more than backwards (the spine anchors the back), so the
+    anterior chest wall and sternum slope forwards going down, as a lateral film shows.
+    """
     t = np.clip((z - lm["cage_top"]) / (lm["cage_widest"] - lm["cage_top"]), 0.0, 1.0)
     cap = np.sqrt(np.clip(1.0 - (1.0 - t) ** 2, 0.0, 1.0))
     below = np.clip((z - lm["cage_widest"]) / 200.0, 0.0, 1.0)
     a = lm["cage_a"] * (0.08 + 0.92 * cap) * (1.0 - 0.08 * below)
-    b = lm["cage_b"] * (0.15 + 0.85 * cap) * (1.0 - 0.05 * below)
-    return a.astype(np.float32), b.astype(np.float32)
+    deep = np.minimum(0.15 + 0.85 * cap, 0.45 + 0.55 * t**0.6)
+    b = lm["cage_b"] * deep * (1.0 - 0.05 * below)
+    yc = lm["cage_yc"] + 0.6 * (lm["cage_b"] - b)
+    return a.astype(np.float32), b.astype(np.float32), yc.astype(np.float32)
 
 
 def _dome_surface(px: np.ndarray, py: np.ndarray, lm: dict[str, float]) -> np.ndarray:
@@ -144,6 +193,8 @@ def _landmarks(p: Patient) -> dict[str, float]:
     insp = p.inspiration
     cage_top = 30.0 * s + 2.0  # the field starts a little above the apices, as on a collimated PA
     dome_r = cage_top + (232.0 + 26.0 * insp) * s
+    wall = p.soft_tissue_mm * s
+    thoracic = dome_r + 90.0 * s - (cage_top - 30.0 * s)  # length of the spine's curve in the field
     return {
         "scale": s,
         "cage_top": cage_top,  # lung apices
@@ -152,40 +203,71 @@ def _landmarks(p: Patient) -> dict[str, float]:
         "cage_b": 92.0 * s * (0.94 if p.sex == "F" else 1.0) * (1.0 + 0.04 * insp),
         "cage_yc": 8.0 * s,
         "dome_r": dome_r,
-        "dome_l": dome_r + 14.0 * s,
+        "dome_l": dome_r + p.dome_gap_mm * s,
         "dome_x": 68.0 * s,
         "dome_y": -8.0 * s,
         "rib_spacing": (22.0 + 2.5 * insp) * s,
         "carina": cage_top + 105.0 * s,
-        "spine_y": 62.0 * s,
+        "spine_y": 60.0 * s,
+        "spine_z0": cage_top - 30.0 * s,
+        "spine_z1": cage_top - 30.0 * s + thoracic,
+        # A single sine curve over the thoracic spine; its steepest slope gives half the Cobb angle.
+        "scoliosis": -thoracic * np.tan(np.deg2rad(p.scoliosis_deg) / 2.0) / np.pi,
+        "kyphosis": 16.0 * s,
         "heart_x": 22.0 * s,
         "heart_y": -22.0 * s,
+        "wall": wall,
+        "wall_back": 0.6 * wall + 30.0 * s,  # paraspinal muscles and scapulae: the back is thicker
+        "fat": {"thin": 0.05, "average": 0.14, "obese": 0.32}[p.habitus],
+        "outline_p": {"thin": 2.6, "average": 2.5, "obese": 2.3}[p.habitus],
+        "belly": {"thin": 0.0, "average": 8.0, "obese": 45.0}[p.habitus] * s,
+        "breast": {"thin": 0.75, "average": 1.0, "obese": 1.35}[p.habitus] * (p.sex == "F"),
     }
 
 
+def spine_center(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Patient (x, y) of the vertebral bodies' centre line: kyphosis backwards, scoliosis sideways."""
+    t = np.clip((np.asarray(z, np.float32) - lm["spine_z0"]) / (lm["spine_z1"] - lm["spine_z0"]), 0.0, 1.0)
+    bend = np.sin(np.pi * t)
+    return lm["scoliosis"] * bend, lm["spine_y"] + lm["kyphosis"] * (bend - 0.5)
+
+
+def body_extent(z: np.ndarray, lm: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body half-width, front y and back y at heights ``z`` (neck above the cage, belly below the domes)."""
+    s = lm["scale"]
+    z = np.asarray(z, np.float32)
+    a, b, yc = _cage_axes(z, lm)
+    top = lm["cage_top"]
+    neck = 58.0 * s + 40.0 * s * np.clip((z - 40.0 * s) / (top + 20.0 - 40.0 * s), 0.0, 1.0)
+    half = np.where(z < top + 20.0, np.minimum(neck, a + lm["wall"] + 8.0), a + lm["wall"] + 8.0)
+    half = np.maximum(half, neck)
+    belly = lm["belly"] * np.clip((z - lm["dome_r"]) / (90.0 * s), 0.0, 1.0)
+    front = np.minimum(yc - b - lm["wall"] - belly, 0.6 * lm["spine_y"] - 0.75 * neck)
+    back = np.maximum(yc + b + lm["wall_back"], lm["spine_y"] + 0.5 * neck)
+    return half.astype(np.float32), front.astype(np.float32), back.astype(np.float32)
+
+
 HEART_TILT_DEG = -28.0
+HEART_PITCH_DEG = 24.0  # the apex points forwards and down: on the lateral the heart leans on the sternum
 
 
 def heart_radii(lm: dict[str, float], heart_scale: float) -> tuple[float, float, float]:
     """Heart ellipsoid semi-axes; enlargement is mostly transverse, as on a real PA film."""
     s = lm["scale"]
-    return 68.0 * s * heart_scale, 60.0 * s * heart_scale**0.5, 58.0 * s * heart_scale**0.7
+    return 68.0 * s * heart_scale, 66.0 * s * heart_scale**0.5, 54.0 * s * heart_scale**0.7
 
 
 class Painter:
     """Paints soft-edged primitives into a sub-box of the volume (never loops over voxels)."""
 
-    def __init__(self, grid: Grid, mu: np.ndarray, rot: float) -> None:
+    def __init__(self, grid: Grid, mu: np.ndarray) -> None:
         self.grid = grid
         self.mu = mu
         self.z, self.y, self.x = grid.axes()
-        self.cos, self.sin = float(np.cos(rot)), float(np.sin(rot))
 
     def box(self, center: tuple[float, float, float], reach: float):
         """Slices of the grid around a patient point, and patient coordinates inside them."""
         cx, cy, cz = center
-        gx = cx * self.cos - cy * self.sin
-        gy = cx * self.sin + cy * self.cos
         v = self.grid.voxel_mm
         nz, ny, nx = self.mu.shape
 
@@ -195,25 +277,23 @@ class Painter:
             return slice(i0, i1)
 
         sz = span(cz, 0.0, nz)
-        sy = span(gy, -self.grid.depth_mm / 2, ny)
-        sx = span(gx, -self.grid.width_mm / 2, nx)
-        zz = self.z[sz][:, None, None]
-        yy = self.y[sy][None, :, None]
-        xx = self.x[sx][None, None, :]
-        px = xx * self.cos + yy * self.sin
-        py = -xx * self.sin + yy * self.cos
-        return (sz, sy, sx), px, py, zz
+        sy = span(cy, self.grid.y0_mm, ny)
+        sx = span(cx, -self.grid.width_mm / 2, nx)
+        return (sz, sy, sx), self.x[sx][None, None, :], self.y[sy][None, :, None], self.z[sz][:, None, None]
 
     def ellipsoid(
         self,
         center: tuple[float, float, float],
         radii: tuple[float, float, float],
         tilt_deg: float = 0.0,
+        pitch_deg: float = 0.0,
     ):
-        """Soft occupancy in [0, 1] of an ellipsoid, tilted in the frontal (x-z) plane."""
+        """Soft occupancy in [0, 1] of an ellipsoid, tilted in the frontal (x-z) plane by ``tilt_deg``
+        and then in the sagittal (y-z) plane by ``pitch_deg`` (positive: its front end lower)."""
         sl, px, py, pz = self.box(center, max(radii) + 2 * self.grid.voxel_mm)
-        t = np.deg2rad(tilt_deg)
+        t, q = np.deg2rad(tilt_deg), np.deg2rad(pitch_deg)
         dx, dy, dz = px - center[0], py - center[1], pz - center[2]
+        dy, dz = dy * np.cos(q) + dz * np.sin(q), -dy * np.sin(q) + dz * np.cos(q)
         u = dx * np.cos(t) + dz * np.sin(t)
         w = -dx * np.sin(t) + dz * np.cos(t)
         r = np.sqrt((u / radii[0]) ** 2 + (dy / radii[1]) ** 2 + (w / radii[2]) ** 2)
@@ -245,63 +325,106 @@ class Painter:
         np.maximum(sub, sub + (value - sub) * occ, out=sub)
 
 
+def grid_for(patient: Patient) -> Grid:
+    """The default grid, its depth fitted to this patient's body (front to back plus a margin)."""
+    lm = _landmarks(patient)
+    z, _, _ = Grid().axes()
+    _, front, back = body_extent(z, lm)
+    v = Grid.voxel_mm
+    breast = 70.0 * lm["breast"] * lm["scale"]
+    y0 = v * np.floor((float(front.min()) - breast - 8.0) / v)
+    y1 = v * np.ceil((float(back.max()) + 8.0) / v)
+    return Grid(depth_mm=float(y1 - y0), y0_mm=float(y0))
+
+
+def _columns(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patient x and y of every (y, x) column, ``[1, y, x]`` each."""
+    shape = (1, len(y), len(x))
+    return (
+        np.broadcast_to(x[None, None, :], shape).astype(np.float32),
+        np.broadcast_to(y[None, :, None], shape).astype(np.float32),
+    )
+
+
 def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     """Build the patient's attenuation volume; deterministic in ``patient``."""
-    grid = grid or Grid()
+    from sample_data.skeleton import rib_samples
+
+    grid = grid or grid_for(patient)
     lm = _landmarks(patient)
     rng = np.random.default_rng(patient.seed)
     z, y, x = grid.axes()
-    rot = np.deg2rad(patient.rotation_deg)
-    px = (x[None, :] * np.cos(rot) + y[:, None] * np.sin(rot))[None].astype(np.float32)  # [1, y, x]
-    py = (-x[None, :] * np.sin(rot) + y[:, None] * np.cos(rot))[None].astype(np.float32)
+    px, py = _columns(x, y)
     zz = z[:, None, None]
     s = patient.scale
 
-    a, b = _cage_axes(z, lm)
-    a3, b3 = a[:, None, None], b[:, None, None]
-    rho = np.sqrt((px / a3) ** 2 + ((py - lm["cage_yc"]) / b3) ** 2)
-    cavity = (rho < 1.0) & (zz > lm["cage_top"])
+    a, b, yc = _cage_axes(z, lm)
+    a3, b3, yc3 = a[:, None, None], b[:, None, None], yc[:, None, None]
+    cavity = ((px / a3) ** 2 + ((py - yc3) / b3) ** 2 < 1.0) & (zz > lm["cage_top"])
 
-    # Body outline: chest wall over the cage and a neck above it; the shoulders are painted later.
-    wall = patient.soft_tissue_mm * s
-    neck = 58.0 * s + 40.0 * s * np.clip((z - 40.0 * s) / (lm["cage_top"] + 20.0 - 40.0 * s), 0.0, 1.0)
-    body_a = np.where(z < lm["cage_top"] + 20.0, np.minimum(neck, a + wall + 8.0), a + wall + 8.0)
-    body_a = np.maximum(body_a, neck)[:, None, None]
-    # The back (paraspinal muscles, scapulae) is thicker than the front: the body sits a little back.
-    body_b = np.maximum(b + wall + 12.0 * s, 0.75 * neck + 10.0)[:, None, None]
-    rb = np.sqrt((px / body_a) ** 2 + ((py - lm["cage_yc"] - 12.0 * s) / body_b) ** 2)
-    mu = np.where(rb < 1.0, MU["soft"], MU["air"]).astype(np.float32)
-    mu[(rb < 1.0) & (rb > 0.86)] = MU["fat"]
+    # Body outline: a superellipse (flatter front and back than an ellipse, so a lateral film is dense
+    # right up to its anterior and posterior skin), a neck above the cage and a belly below the domes.
+    half, front, back = body_extent(z, lm)
+    p = lm["outline_p"]
+    # rb = (|x / half|^p + |(y - centre) / depth|^p)^(1/p), built from 2D terms (no powers over the volume).
+    across = (np.abs(x)[None, :] / half[:, None]) ** p  # [z, x]
+    along = (
+        np.abs(y[None, :] - ((front + back) / 2)[:, None]) / ((back - front) / 2)[:, None]
+    ) ** p  # [z, y]
+    rb_p = along[:, :, None] + across[:, None, :]
+    inside = rb_p < 1.0
+    mu = np.zeros(inside.shape, np.float32)
+    mu[inside] = MU["soft"]
+    mu[inside & (rb_p > (1.0 - lm["fat"]) ** p)] = MU["fat"]
 
     dome = _dome_surface(px, py, lm)
     lung = cavity & (zz < dome)
     # Mediastinum: a narrow band in front of the spine; heart and great vessels shape its borders.
+    # It and the spine's space lie within a central band of columns, which is all that is computed.
+    cols = np.flatnonzero(np.abs(x) < 36.0 * s + abs(lm["scoliosis"]) + 8.0)
+    band = slice(int(cols[0]), int(cols[-1]) + 1)
+    px, py = px[:, :, band], py[:, :, band]
     upper = np.clip((lm["carina"] + 30.0 - z) / 60.0, 0.0, 1.0)
     # An elliptical cylinder in cross-section (sternum to spine), so the lungs meet it along curved
     # pleura and its projected borders fade in over a few millimetres instead of a hard straight edge.
     med_r = (20.0 + 12.0 * upper)[:, None, None] * s
     med_l = (17.0 + 9.0 * upper)[:, None, None] * s
     # Narrow in front (the anterior junction), so the lateral shows a retrosternal clear space.
-    taper = np.clip(0.3 + 0.7 * (py + lm["cage_b"] - lm["cage_yc"]) / (80.0 * s), 0.3, 1.0)
-    across = np.where(px < 0, px / med_r, px / med_l) / taper
+    taper = np.clip(0.3 + 0.7 * (py - (yc3 - b3)) / (80.0 * s), 0.3, 1.0)
+    sx, sy = spine_center(z, lm)
+    sx, sy = sx[:, None, None], sy[:, None, None]
+    across = np.where(px < sx, (px - sx) / med_r, (px - sx) / med_l) / taper
     along = (py - (lm["spine_y"] - 80.0 * s)) / (75.0 * s)
-    mediastinum = (across**2 + along**2 < 1.0) & (py < lm["spine_y"] - 10.0)
-    spine_zone = ((px / (28.0 * s)) ** 2 + ((py - lm["spine_y"]) / (30.0 * s)) ** 2 < 1.0) | (
-        (np.abs(px) < 14.0 * s) & (py > lm["spine_y"])
+    mediastinum = (across**2 + along**2 < 1.0) & (py < sy - 10.0)
+    # The vertebrae themselves are drawn per view (``sample_data.skeleton``); here only the space they fill.
+    spine_zone = (((px - sx) / (28.0 * s)) ** 2 + ((py - sy) / (30.0 * s)) ** 2 < 1.0) | (
+        (np.abs(px - sx) < 14.0 * s) & (py > sy)
     )
-    lung &= ~(mediastinum | spine_zone)
+    lung[:, :, band] &= ~(mediastinum | spine_zone)
     mu[lung] = MU["lung"]
 
-    below = (zz >= dome) & (rb < 1.0)
-    liver = below & (px < 40.0 * s)
+    px, py = _columns(x, y)
+    below = (zz >= dome) & inside
+    liver = below & (px < 40.0 * s) & (rb_p < (1.0 - lm["fat"]) ** p)
     mu[liver] = MU["liver"]
 
-    painter = Painter(grid, mu, float(rot))
-    # Heart (apex to the left and down), pulmonary arteries at the hila, aorta, SVC, trachea, bronchi.
-    hz = lm["dome_l"] - 36.0 * s
+    painter = Painter(grid, mu)
+    heart = _paint_organs(painter, patient, lm, grid)
+    if lm["breast"] > 0:
+        _paint_breasts(painter, lm, rng)
+    ribs = rib_samples(lm, rng)
+    return Anatomy(patient, grid, mu, lung & (mu == MU["lung"]), heart, cavity, px, py, lm, ribs)
+
+
+def _paint_organs(painter: Painter, patient: Patient, lm: dict[str, float], grid: Grid) -> np.ndarray:
+    """Heart (apex to the left and down), hila, aorta, SVC, trachea, bronchi and the stomach bubble."""
+    s = patient.scale
+    hz = lm["dome_l"] - 36.0 * s - 0.3 * max(lm["dome_l"] - lm["dome_r"] - 14.0 * s, 0.0)
     lm["heart_z"] = hz
     hc = (lm["heart_x"], lm["heart_y"], hz)
-    sl, occ = painter.ellipsoid(hc, heart_radii(lm, patient.heart_scale), tilt_deg=HEART_TILT_DEG)
+    sl, occ = painter.ellipsoid(
+        hc, heart_radii(lm, patient.heart_scale), tilt_deg=HEART_TILT_DEG, pitch_deg=HEART_PITCH_DEG
+    )
     painter.paint(sl, occ, MU["blood"])
     heart = np.zeros(grid.shape, dtype=bool)
     heart[sl] = occ > 0.5
@@ -311,13 +434,19 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
         ((-62.0 * s, 4.0 * s, lm["carina"] + 30.0 * s), (17.0 * s, 20.0 * s, 32.0 * s)),  # right hilum
         ((58.0 * s, 10.0 * s, lm["carina"] + 18.0 * s), (16.0 * s, 20.0 * s, 30.0 * s)),  # left hilum
         ((-24.0 * s, -12.0 * s, lm["carina"] - 20.0 * s), (16.0 * s, 34.0 * s, 60.0 * s)),  # SVC / ascending
+        ((16.0 * s, -14.0 * s, lm["carina"] + 22.0 * s), (18.0 * s, 26.0 * s, 24.0 * s)),  # pulmonary trunk
+        ((4.0 * s, 22.0 * s, hz - 42.0 * s), (34.0 * s, 24.0 * s, 26.0 * s)),  # left atrium
     ):
         sl, occ = painter.ellipsoid(center, radii)
         painter.paint(sl, occ, MU["blood"])
-    sl, occ = painter.capsule(
-        (24.0 * s, 40.0 * s, knob_z), (20.0 * s, 45.0 * s, lm["dome_l"] + 20.0), 12.0 * s
-    )
-    painter.paint(sl, occ, MU["blood"])
+    # Ascending aorta, arch over the left bronchus, descending aorta in front of the spine.
+    for a, b, r in (
+        ((6.0 * s, -34.0 * s, hz - 40.0 * s), (10.0 * s, -22.0 * s, knob_z), 14.0 * s),
+        ((10.0 * s, -22.0 * s, knob_z), (28.0 * s, 30.0 * s, knob_z + 4.0 * s), 12.0 * s),
+        ((24.0 * s, 40.0 * s, knob_z), (20.0 * s, 45.0 * s, lm["dome_l"] + 20.0), 12.0 * s),
+    ):
+        sl, occ = painter.capsule(a, b, r)
+        painter.paint(sl, occ, MU["blood"])
     sl, occ = painter.capsule((-2.0, 15.0 * s, 0.0), (-2.0, 22.0 * s, lm["carina"]), 9.0 * s)
     painter.paint(sl, occ, MU["air"])
     for sign, dz in ((-1.0, 25.0), (1.0, 40.0)):
@@ -330,114 +459,21 @@ def build_anatomy(patient: Patient, grid: Grid | None = None) -> Anatomy:
     sl, occ = painter.ellipsoid(sc, (22.0 * s, 20.0 * s, 18.0 * s))
     pz = painter.z[sl[0]][:, None, None]
     painter.paint(sl, occ * (pz < sc[2] + 4.0), MU["air"])
-
-    if patient.sex == "F":
-        bz = lm["dome_r"] - 20.0 * s
-        for sign in (-1.0, 1.0):
-            # Never quite symmetric, and thinning towards the edge: a soft, doubled lateral contour.
-            dy, dz, size = rng.normal(0.0, 5.0), rng.normal(0.0, 7.0), rng.uniform(0.85, 1.1) * s
-            for grow, value in ((1.0, 0.6 * MU["fat"]), (0.8, MU["fat"])):
-                sl, occ = painter.ellipsoid(
-                    (sign * 84.0 * s, -lm["cage_b"] - wall + 24.0 * s + dy, bz + dz),
-                    (38.0 * size * grow, 28.0 * size * grow, 48.0 * size * grow),
-                )
-                painter.paint_max(sl, occ, value)
-
-    # Paraspinal muscles: a soft ridge down the back, so the lateral is denser behind than in front.
-    back = 36.0 * s + 0.6 * patient.soft_tissue_mm
-    top_z = lm["cage_top"] + 50.0 * s
-    sl, occ = painter.ellipsoid(
-        (0.0, lm["spine_y"] + 30.0 * s + back * 0.5, (top_z + grid.height_mm) / 2 + 60.0),
-        (40.0 * s, back, (grid.height_mm - top_z) / 2 + 60.0),
-    )
-    painter.paint_max(sl, occ * ~cavity[sl], MU["soft"])
-    _paint_skeleton(painter, patient, lm, rng)
-    ribs = _rib_samples(lm, float(rot), rng)
-    return Anatomy(patient, grid, mu, lung & (mu == MU["lung"]), heart, cavity, px, py, lm, ribs)
+    return heart
 
 
-def _paint_skeleton(
-    painter: Painter, patient: Patient, lm: dict[str, float], rng: np.random.Generator
-) -> None:
-    s = patient.scale
-    sy = lm["spine_y"]
-    # Vertebral bodies with discs, pedicles and spinous processes, from the neck to the bottom of the field.
-    period = 27.0 * s
-    z0 = float(rng.uniform(0.0, period))
-    zc = z0
-    while zc < painter.grid.height_mm + period:
-        h = 10.0 * s * (1.0 + 0.3 * zc / painter.grid.height_mm)
-        for center, radii, value in (
-            ((0.0, sy, zc), (18.0 * s + h * 0.3, 15.0 * s, h), MU["trabecular"] + 0.002),
-            ((-15.0 * s, sy + 20.0 * s, zc), (5.0 * s, 9.0 * s, h * 0.8), MU["trabecular"] - 0.003),
-            ((15.0 * s, sy + 20.0 * s, zc), (5.0 * s, 9.0 * s, h * 0.8), MU["trabecular"] - 0.003),
-            ((0.0, sy + 42.0 * s, zc + 6.0 * s), (4.0 * s, 14.0 * s, h * 0.9), MU["trabecular"] - 0.003),
-        ):
-            sl, occ = painter.ellipsoid(center, radii)
+def _paint_breasts(painter: Painter, lm: dict[str, float], rng: np.random.Generator) -> None:
+    """Never quite symmetric, and thinning towards the edge: a soft, doubled lateral contour."""
+    s = lm["scale"]
+    bz = lm["dome_r"] - 20.0 * s + 10.0 * (lm["breast"] - 1.0) * s
+    _, b, yc = _cage_axes(np.array([bz], np.float32), lm)
+    front = float(yc[0] - b[0]) - lm["wall"]
+    for sign in (-1.0, 1.0):
+        dy, dz, size = rng.normal(0.0, 5.0), rng.normal(0.0, 7.0), rng.uniform(0.85, 1.1) * s * lm["breast"]
+        for grow, value in ((1.0, 0.6 * MU["fat"]), (0.8, MU["fat"])):
+            sl, occ = painter.ellipsoid(
+                (sign * 84.0 * s, front + 16.0 * s + dy, bz + dz),
+                (46.0 * size * grow, 50.0 * size * grow, 60.0 * size * grow),
+                pitch_deg=20.0,
+            )
             painter.paint_max(sl, occ, value)
-        zc += period
-    # The shoulder girdle (clavicles, scapulae, humeri) depends on the arms' pose, which differs between
-    # the views; the renderer draws it per view (``sample_data.phantom._girdle``).
-    front = -lm["cage_b"] + lm["cage_yc"] - 6.0 * s
-    sl, occ = painter.ellipsoid(
-        (0.0, front - 2.0 * s, lm["cage_top"] + 125.0 * s), (14.0 * s, 6.0 * s, 95.0 * s)
-    )
-    painter.paint_max(sl, occ, MU["trabecular"])
-
-
-_RIB_STEP_MM = 2.5  # sampling step over the rib cage surface (independent of the voxel size)
-
-
-def _rib_samples(lm: dict[str, float], rot: float, rng: np.random.Generator) -> np.ndarray:
-    """Twelve rib pairs hugging the cage: high at the spine, dropping steeply towards the front.
-
-    The cage wall is sampled directly (height x angle x depth into the wall) rather than voxelised, so
-    the ribs stay sharp however coarse the volume is. Each rib gets its own small offset and thickness
-    so the cage is not a regular grating. Returns ``[n, 4]``: grid x, grid y, z (mm) and the line
-    integral each sample adds (attenuation above soft tissue times its volume, mm^3 / mm^2 = mm).
-    """
-    step = _RIB_STEP_MM
-    z = np.arange(lm["cage_top"] - 20.0, lm["cage_top"] + 13.0 * lm["rib_spacing"] + 120.0, step)
-    a, b = _cage_axes(z.astype(np.float32), lm)
-    n_phi = int(np.ceil(0.85 * np.pi * lm["cage_a"] / step))
-    phi = (np.arange(n_phi, dtype=np.float32) + 0.5) * (0.85 * np.pi / n_phi)  # 0 at the spine
-    depth = np.arange(0.75, 9.0, 1.5, dtype=np.float32)  # into the wall, mm
-    zz = z.astype(np.float32)[:, None, None]
-    aa, bb = a[:, None, None], b[:, None, None]
-    sp, cp = np.sin(phi)[None, :, None], np.cos(phi)[None, :, None]
-    t = depth[None, None, :]
-    ax = (aa + t) * sp  # |patient x|
-    ay = (bb + t) * cp  # patient y - cage centre
-    ds = np.sqrt((aa * cp) ** 2 + (bb * sp) ** 2) * (0.85 * np.pi / n_phi)  # arc length per sample
-    u = np.arctan2(ax, ay) / np.pi  # 0 at the spine, 1 at the sternum
-    drop = (
-        -18.0 * np.sin(2.0 * np.pi * np.minimum(u, 0.5))
-        + 18.0 * np.sin(2.0 * np.pi * np.clip(u - 0.5, 0.0, 0.25))
-        + 110.0 * u**2.5
-    )
-    jitter = rng.normal(0.0, 0.12, size=(2, 2, 14)).astype(np.float32)
-    out = []
-    for side, sign in enumerate((-1.0, 1.0)):
-        kf = (zz - drop - lm["cage_top"] + 6.0) / lm["rib_spacing"]
-        idx = np.clip(np.round(kf), 0, 13).astype(np.int64)
-        kf = kf - jitter[side, 0, idx] * (0.3 + u)
-        kr = np.round(kf)
-        along = np.abs(kf - kr) * lm["rib_spacing"]
-        height = (4.2 + 2.2 * u) * (1.0 + jitter[side, 1, np.clip(kr, 0, 13).astype(np.int64)])
-        u_end = np.clip(0.80 - 0.05 * np.clip(kr - 6, 0, None), 0.35, 0.8)
-        # Round cross-section: full height mid-wall, thinner towards the inner and outer cortex.
-        across = (t - 4.5) / 4.5
-        occ = np.clip((1.0 - (along / height) ** 4 - across**4) * 3.0, 0.0, 1.0)
-        occ *= 0.6 + 0.4 * (along / height) ** 4  # the cortex, seen edge-on, outlines each rib
-        occ *= 1.0 - 0.45 * np.clip((u - 0.5) / 0.3, 0.0, 1.0)  # anterior ribs are thinner, fainter
-        occ *= (kr >= 0) & (kr < 12) & (u > 0.06) & (u < u_end)
-        occ *= np.clip((u_end - u) * 40.0, 0.0, 1.0)
-        keep = occ > 0
-        px = sign * np.broadcast_to(ax, occ.shape)[keep]
-        py = np.broadcast_to(ay, occ.shape)[keep] + lm["cage_yc"]
-        pz = np.broadcast_to(zz, occ.shape)[keep]
-        w = (MU["rib"] - MU["soft"]) * occ[keep] * np.broadcast_to(ds, occ.shape)[keep] * step * 1.5
-        gx = px * np.cos(rot) - py * np.sin(rot)
-        gy = px * np.sin(rot) + py * np.cos(rot)
-        out.append(np.stack([gx, gy, pz, w], axis=1))
-    return np.concatenate(out).astype(np.float32)

@@ -69,6 +69,8 @@ class DicomImage:
     bits_stored: int = 12
     compression: str = "none"
     series_description: str = ""
+    patient_orientation: tuple[str, str] | None = None  # default: from the view (a lateral facing left)
+    burned_in: bool = False  # text or markers are part of the pixels
 
 
 def write_image(path: str | Path, image: DicomImage) -> Path:
@@ -151,7 +153,8 @@ def _dataset(im: DicomImage) -> Dataset:
     ds.StudyID = im.accession[-8:]
     ds.SeriesNumber = im.series_number
     ds.InstanceNumber = im.instance_number
-    ds.PatientOrientation = list(_ORIENTATION[im.view_position if im.view == "frontal" else "LL"])
+    default = _ORIENTATION[im.view_position if im.view == "frontal" else "LL"]
+    ds.PatientOrientation = list(im.patient_orientation or default)
     if im.view_position is not None or im.modality == "CR":
         ds.ViewPosition = im.view_position or ""
     ds.SamplesPerPixel = 1
@@ -172,7 +175,7 @@ def _dataset(im: DicomImage) -> Dataset:
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
     ds.LossyImageCompression = "00"
-    ds.BurnedInAnnotation = "NO"
+    ds.BurnedInAnnotation = "YES" if im.burned_in else "NO"
     ds.PresentationLUTShape = "INVERSE" if im.photometric == "MONOCHROME1" else "IDENTITY"
     if im.modality == "DX":
         _dx_modules(ds, im)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sample_data.anatomy import HEART_TILT_DEG, MU, Anatomy, Painter, heart_radii
+from sample_data.anatomy import HEART_PITCH_DEG, HEART_TILT_DEG, MU, Anatomy, Painter, heart_radii
 
 __all__ = [
     "LABELS",
@@ -19,6 +19,7 @@ __all__ = [
     "Finding",
     "FindingError",
     "PlacedFinding",
+    "SUBTLE_SHARE",
     "apply_findings",
     "random_findings",
 ]
@@ -39,11 +40,16 @@ class FindingError(ValueError):
 
 @dataclass(frozen=True)
 class Finding:
-    """What to add: a label, a severity in (0, 1] and a site from ``SITES[label]``."""
+    """What to add: a label, a severity in (0, 1], a site from ``SITES[label]`` and a density in (0, 1].
+
+    Severity sets the size (nodule diameter, effusion volume, extent); density how opaque a nodule or
+    consolidation is (below 1: part-solid, ground glass). Other findings ignore density.
+    """
 
     label: str
     severity: float
     site: str
+    density: float = 1.0
 
     def __post_init__(self) -> None:
         if self.label not in SITES:
@@ -54,21 +60,29 @@ class Finding:
             )
         if not 0.0 < self.severity <= 1.0:
             raise FindingError(f"severity must be in (0, 1], got {self.severity}")
+        if not 0.0 < self.density <= 1.0:
+            raise FindingError(f"density must be in (0, 1], got {self.density}")
 
 
 @dataclass
 class PlacedFinding:
-    """A finding as placed: its centre, its size, and its line-integral change in each view."""
+    """A finding as placed: its centre, its size, and how it changed the attenuation volume."""
 
     finding: Finding
     position_mm: tuple[float, float, float]  # patient x, y, z
     size: float  # nodule diameter mm, effusion mL, pneumothorax rim mm, consolidation mL, heart CTR
-    delta_frontal: np.ndarray  # [z, x] change of the line integral along y
-    delta_lateral: np.ndarray  # [z, y] change of the line integral along x
+    delta: np.ndarray  # [z, y, x] change of attenuation per mm; each view projects it through its beam
+
+
+SUBTLE_SHARE = 0.3  # findings drawn from the subtle end (small, and for opacities faint as well)
 
 
 def random_findings(rng: np.random.Generator, p_normal: float = 0.35) -> list[Finding]:
-    """Draw zero to three findings with plausible severities and sites."""
+    """Draw zero to three findings with plausible severities, densities and sites.
+
+    ``SUBTLE_SHARE`` of them come from the subtle end (severity 0.02-0.12), so some are hard or
+    impossible to see on either view, as on real films.
+    """
     if rng.random() < p_normal:
         return []
     n = 1 + int(rng.random() < 0.35) + int(rng.random() < 0.1)
@@ -79,8 +93,11 @@ def random_findings(rng: np.random.Generator, p_normal: float = 0.35) -> list[Fi
         sites = SITES[label]
         weights = {"nodule": [0.25, 0.15, 0.2, 0.2, 0.2]}.get(label)
         site = sites[int(rng.choice(len(sites), p=weights))]
-        severity = float(np.clip(rng.beta(1.3, 2.2), 0.03, 1.0))
-        found.append(Finding(label, round(severity, 3), site))
+        subtle = rng.random() < SUBTLE_SHARE
+        severity = rng.uniform(0.02, 0.12) if subtle else float(np.clip(rng.beta(1.3, 2.2), 0.05, 1.0))
+        opacity = rng.uniform(0.12, 0.5) if subtle else rng.uniform(0.5, 1.0)
+        density = opacity if label in ("nodule", "consolidation") else 1.0
+        found.append(Finding(label, round(float(severity), 3), site, round(float(density), 3)))
     return found
 
 
@@ -91,9 +108,7 @@ def apply_findings(anatomy: Anatomy, findings: list[Finding]) -> list[PlacedFind
     for f in findings:
         before = anatomy.mu.copy()
         position, size = _APPLY[f.label](anatomy, f, rng)
-        delta = anatomy.mu - before
-        v = anatomy.grid.voxel_mm
-        placed.append(PlacedFinding(f, position, size, delta.sum(axis=1) * v, delta.sum(axis=2) * v))
+        placed.append(PlacedFinding(f, position, size, anatomy.mu - before))
     return placed
 
 
@@ -107,8 +122,9 @@ def _side(an: Anatomy, side: str) -> np.ndarray:
 
 
 def effusion_volume_ml(severity: float) -> float:
-    """Effusion volume for a severity: ~20 mL at 0.05, ~50 at 0.12, ~170 at 0.3, ~550 at 0.7."""
-    return 5.0 + 900.0 * severity**1.4
+    """Effusion volume for a severity: ~4 mL at 0.02 (below what any view shows), ~14 at 0.05,
+    ~46 at 0.12, ~165 at 0.3, ~545 at 0.7."""
+    return 900.0 * severity**1.4
 
 
 def _effusion(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[float, float, float], float]:
@@ -117,14 +133,14 @@ def _effusion(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[
     aerated = an.mu == MU["lung"]
     sides = ("left", "right") if f.site == "both" else (f.site,)
     voxel_ml = an.grid.voxel_mm**3 / 1000.0
-    a, b = an.thorax(z)
+    a, b, yc = an.thorax(z)
     total = np.zeros(an.mu.shape, dtype=bool)
     for side in sides:
         region = an.lung & _side(an, side) & aerated
         k, j, i = np.nonzero(region)
         if k.size == 0:
             raise FindingError(f"no {side} lung to hold an effusion")
-        rho = np.sqrt((an.px[0, j, i] / a[k]) ** 2 + ((an.py[0, j, i] - an.landmarks["cage_yc"]) / b[k]) ** 2)
+        rho = np.sqrt((an.px[0, j, i] / a[k]) ** 2 + ((an.py[0, j, i] - yc[k]) / b[k]) ** 2)
         # Depth below the fluid surface: the surface is level, rising at the wall (meniscus).
         # Upright, the posterior costophrenic recess is the lowest and fills first.
         key = z[k] + 12.0 * rho**6 + 0.4 * an.py[0, j, i]
@@ -169,25 +185,17 @@ def _nodule(an: Anatomy, f: Finding, rng: np.random.Generator) -> tuple[tuple[fl
     else:
         radius *= 0.6
         c = pts[rng.integers(k.size)]
-    painter = Painter(an.grid, an.mu, float(np.deg2rad(an.patient.rotation_deg)))
+    painter = Painter(an.grid, an.mu)
     sl, occ = painter.ellipsoid(tuple(float(v) for v in c), (radius, radius * 0.95, radius * 1.05))
-    painter.paint_max(sl, occ, MU["soft"])
+    painter.paint_max(sl, occ, MU["lung"] + f.density * (MU["soft"] - MU["lung"]))
     return tuple(float(v) for v in c), 2.0 * radius
 
 
 def _in_lung(an: Anatomy, p: np.ndarray) -> bool:
-    rot = np.deg2rad(an.patient.rotation_deg)
-    gx = p[0] * np.cos(rot) - p[1] * np.sin(rot)
-    gy = p[0] * np.sin(rot) + p[1] * np.cos(rot)
-    g = an.grid
-    idx = (
-        int(p[2] / g.voxel_mm),
-        int((gy + g.depth_mm / 2) / g.voxel_mm),
-        int((gx + g.width_mm / 2) / g.voxel_mm),
-    )
-    if any(not 0 <= c < n for c, n in zip(idx, an.mu.shape, strict=True)):
+    k, j, i, inside = an.grid.index(p[0], p[1], p[2])
+    if not inside:
         return False
-    return bool(an.lung[idx]) and an.mu[idx] == MU["lung"]
+    return bool(an.lung[k, j, i]) and an.mu[k, j, i] == MU["lung"]
 
 
 def _cardiomegaly(
@@ -195,10 +203,12 @@ def _cardiomegaly(
 ) -> tuple[tuple[float, float, float], float]:
     """An enlarged heart taking over the neighbouring lung; size is the resulting frontal CTR."""
     lm = an.landmarks
-    scale = an.patient.heart_scale * (1.2 + 0.35 * f.severity)
-    painter = Painter(an.grid, an.mu, float(np.deg2rad(an.patient.rotation_deg)))
+    scale = an.patient.heart_scale * (1.1 + 0.4 * f.severity)
+    painter = Painter(an.grid, an.mu)
     center = (lm["heart_x"] + 6.0 * f.severity * lm["scale"], lm["heart_y"], lm["heart_z"])
-    sl, occ = painter.ellipsoid(center, heart_radii(lm, scale), tilt_deg=HEART_TILT_DEG)
+    sl, occ = painter.ellipsoid(
+        center, heart_radii(lm, scale), tilt_deg=HEART_TILT_DEG, pitch_deg=HEART_PITCH_DEG
+    )
     painter.paint_max(sl, occ, MU["blood"])
     an.heart[sl] |= occ > 0.5
     an.lung[sl] &= ~(occ > 0.5)
@@ -229,8 +239,8 @@ def _pneumothorax(
 
     def outside(frac: float) -> np.ndarray:
         q = hilum + (pts - hilum) / (1.0 - frac)
-        a, b = an.thorax(q[:, 2])
-        rho = np.sqrt((q[:, 0] / a) ** 2 + ((q[:, 1] - lm["cage_yc"]) / b) ** 2)
+        a, b, yc = an.thorax(q[:, 2])
+        rho = np.sqrt((q[:, 0] / a) ** 2 + ((q[:, 1] - yc) / b) ** 2)
         return (rho > 1.0) | (q[:, 2] < lm["cage_top"])
 
     air = outside(collapse)
@@ -277,8 +287,8 @@ def _consolidation(
     seed = pts[rng.integers(k.size)]
     center = 0.5 * (pts.mean(axis=0) + seed)
     dist = np.linalg.norm(pts - center, axis=1)
-    keep = dist <= np.quantile(dist, 0.2 + 0.8 * f.severity)
-    texture = rng.uniform(0.75, 0.95, size=int(keep.sum())).astype(np.float32)
+    keep = dist <= np.quantile(dist, 0.03 + 0.93 * f.severity)
+    texture = f.density * rng.uniform(0.75, 0.95, size=int(keep.sum())).astype(np.float32)
     an.mu[k[keep], j[keep], i[keep]] = MU["lung"] + (MU["soft"] - MU["lung"]) * texture
     volume_ml = float(keep.sum() * an.grid.voxel_mm**3 / 1000.0)
     return tuple(float(c) for c in pts[keep].mean(axis=0)), volume_ml

@@ -1,14 +1,19 @@
 """Write a synthetic dataset: DICOM studies laid out like a PACS export, plus labels.csv and truth.csv.
 
 The first studies of every dataset are a fixed showcase (lateral-only findings, each compression,
-MONOCHROME1, no ViewPosition, AP, an extra frontal); the rest are drawn at random. Same seed, same bytes.
+MONOCHROME1, no ViewPosition, AP, an extra frontal); the rest are drawn at random. Every study also
+draws an ``Exam`` (AP/PA, rotation, arms, devices, film look: ``sample_data.variants``), recorded in
+truth.csv with the patient's habitus and each finding's density and subtlety. Same seed, same bytes.
+
+The committed set is ``python -m sample_data --out sample_data/studies --studies 24 --seed 0 --size 448``.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,7 @@ from sample_data.anatomy import Patient, random_patient
 from sample_data.dicom_writer import DicomImage, write_image
 from sample_data.findings import LABELS, Finding, random_findings
 from sample_data.phantom import Radiographs, simulate
+from sample_data.variants import Exam, exam_columns, random_exam
 
 __all__ = [
     "LABELS_HEADER",
@@ -40,6 +46,12 @@ TRUTH_HEADER = (
     "visible_lateral",
     "contrast_frontal",
     "contrast_lateral",
+    "density",
+    "subtlety",
+    "habitus",
+    "sex",
+    "scoliosis_deg",
+    *exam_columns(Exam()),
 )
 _ROOT_UID = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as generate_uid uses by default
 
@@ -56,13 +68,16 @@ class _Plan:
     findings: tuple[Finding, ...] = ()
     photometric: str = "MONOCHROME2"
     compression: str = "none"
-    view_position: str | None = "PA"  # of the frontal; None leaves the tag out
+    view_position: str | None = "PA"  # of the frontal ("AP" forces an AP exam); None leaves the tag out
     extra_frontal: bool = False
+    exam: tuple[tuple[str, object], ...] = ()  # exam fields fixed for a showcase study
 
+
+_CLEAN_PA = (("projection", "PA"), ("rotation_deg", 0.0))  # so the lateral-only findings stay hidden
 
 _SHOWCASE = (
-    _Plan("two_view", (Finding("pleural_effusion", 0.12, "left"),)),  # ~50 mL: lateral only
-    _Plan("two_view", (Finding("nodule", 0.15, "retrocardiac"),)),  # ~14 mm: lateral only
+    _Plan("two_view", (Finding("pleural_effusion", 0.12, "left"),), exam=_CLEAN_PA),  # ~50 mL: lateral only
+    _Plan("two_view", (Finding("nodule", 0.15, "retrocardiac"),), exam=_CLEAN_PA),  # ~14 mm: lateral only
     _Plan("two_view", (Finding("cardiomegaly", 0.6, "heart"),)),
     _Plan("two_view", (Finding("pneumothorax", 0.6, "right"),)),
     _Plan("two_view", (Finding("consolidation", 0.7, "RML"),)),
@@ -96,8 +111,12 @@ def write_dataset(
     seed: int = 0,
     size: int = 1024,
     showcase: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> DatasetSummary:
-    """Write ``n_studies`` synthetic studies of about ``size`` px under ``out_dir``; deterministic in ``seed``."""
+    """Write ``n_studies`` synthetic studies of about ``size`` px under ``out_dir``; deterministic in ``seed``.
+
+    ``progress`` is called with 1 after each study (a progress bar's ``update``).
+    """
     if n_studies < 1:
         raise GenerateError(f"n_studies must be at least 1, got {n_studies}")
     if not 64 <= size <= 4096:
@@ -112,9 +131,10 @@ def write_dataset(
         rng = np.random.default_rng([seed, index])
         patient = random_patient(rng)
         plan = _SHOWCASE[index] if showcase and index < len(_SHOWCASE) else _random_plan(rng)
+        exam = _exam(plan, rng)
         if plan.findings and any(f.label == "cardiomegaly" for f in plan.findings):
             patient = replace(patient, heart_scale=min(patient.heart_scale, 1.0))
-        files, images = _write_study(out, index, seed, size, patient, plan, rng)
+        files, images = _write_study(out, index, seed, size, patient, plan, exam, rng)
         summary.routes[plan.route] += 1
         summary.files += sum(key.startswith("file") for key in files)
         present = {t.label for t in images.truth}
@@ -125,7 +145,9 @@ def write_dataset(
             [study_uid, patient_id, files.get("frontal", ""), files.get("lateral", "")]
             + [int(label in present) for label in LABELS]
         )
-        truth_rows.extend(_truth_rows(study_uid, patient_id, plan.route, images))
+        truth_rows.extend(_truth_rows(study_uid, patient_id, plan.route, patient, images))
+        if progress is not None:
+            progress(1)
     _write_csv(out / "labels.csv", LABELS_HEADER, label_rows)
     _write_csv(out / "truth.csv", TRUTH_HEADER, truth_rows)
     summary.seconds = time.perf_counter() - start
@@ -139,9 +161,19 @@ def _random_plan(rng: np.random.Generator) -> _Plan:
         tuple(random_findings(rng)),
         photometric="MONOCHROME1" if rng.random() < 0.15 else "MONOCHROME2",
         compression=("none", "rle", "jpeg-ls", "jpeg2000")[int(rng.choice(4, p=[0.55, 0.15, 0.15, 0.15]))],
-        view_position=None if rng.random() < 0.05 else ("AP" if rng.random() < 0.08 else "PA"),
+        view_position=None if rng.random() < 0.05 else "PA",  # "PA" becomes "AP" on an AP exam
         extra_frontal=route != "lateral_only" and rng.random() < 0.05,
     )
+
+
+def _exam(plan: _Plan, rng: np.random.Generator) -> Exam:
+    """The study's exam: drawn at random, with the plan's fixed fields (and an AP tag's projection)."""
+    exam = random_exam(rng)
+    fixed = dict(plan.exam)
+    if plan.view_position == "AP" and not exam.ap:
+        fixed.setdefault("projection", "AP_erect")
+    names = {f.name for f in fields(Exam)}
+    return replace(exam, **{k: v for k, v in fixed.items() if k in names})
 
 
 def _uid(seed: int, index: int, *parts: object) -> str:
@@ -157,12 +189,13 @@ def _write_study(
     size: int,
     patient: Patient,
     plan: _Plan,
+    exam: Exam,
     rng: np.random.Generator,
 ) -> tuple[dict[str, str], Radiographs]:
     views = {"two_view": ("frontal", "lateral"), "frontal_only": ("frontal",), "lateral_only": ("lateral",)}[
         plan.route
     ]
-    images = simulate(patient, plan.findings, size=size, views=views)
+    images = simulate(patient, plan.findings, size=size, views=views, exam=exam)
     patient_id = f"TV{seed % 10000:04d}{index:05d}"
     study_uid = _uid(seed, index, "study")
     day = int(rng.integers(0, 3650))
@@ -197,10 +230,12 @@ def _write_study(
             # A tighter-collimated, differently exposed repeat: smaller, so readers keep the listed PA.
             pixels = np.clip(_tighter(kept_frontal) * 0.92 + 0.04, 0.0, 1.0)
         else:
-            pixels = _crop(images.frontal if view == "frontal" else images.lateral, view, rng)
+            pixels = images.frontal if view == "frontal" else images.lateral
             if view == "frontal":
                 kept_frontal = pixels
-        position = plan.view_position if view == "frontal" else "LL"
+        tagged = None if plan.view_position is None else ("AP" if exam.ap else "PA")
+        position = tagged if view == "frontal" else "LL"
+        facing_right = view == "lateral" and exam.facing == "right"
         name = f"{number}.dcm" if rng.random() < 0.7 else f"IM{number:04d}"
         rel = study_dir / f"SE{number:03d}" / name
         write_image(
@@ -213,6 +248,8 @@ def _write_study(
                 instance_number=1,
                 view=view,
                 view_position=position,
+                patient_orientation=("A", "F") if facing_right else None,
+                burned_in=images.annotated.get(view, False),
                 series_description={
                     "frontal": "CHEST PA",
                     "lateral": "CHEST LAT",
@@ -236,22 +273,21 @@ def _tighter(pixels: np.ndarray, margin: float = 0.04) -> np.ndarray:
     return np.ascontiguousarray(pixels[r:-r, c:-c])
 
 
-def _crop(pixels: np.ndarray, view: str, rng: np.random.Generator) -> np.ndarray:
-    """Vary sizes and aspect ratios as real detectors and collimation do."""
-    rows, cols = pixels.shape
-    keep_cols = int(round(cols * rng.uniform(0.78, 0.92 if view == "lateral" else 1.0)))
-    keep_rows = int(round(rows * rng.uniform(0.9, 1.0)))
-    c0 = (cols - keep_cols) // 2
-    return np.ascontiguousarray(pixels[:keep_rows, c0 : c0 + keep_cols])
-
-
-def _truth_rows(study_uid: str, patient_id: str, route: str, images: Radiographs) -> list[list[object]]:
+def _truth_rows(
+    study_uid: str, patient_id: str, route: str, patient: Patient, images: Radiographs
+) -> list[list[object]]:
     rows = []
     by_label = {t.label: t for t in images.truth}
+    study = [
+        patient.habitus,
+        patient.sex,
+        round(patient.scoliosis_deg, 1),
+        *exam_columns(images.exam).values(),
+    ]
     for label in LABELS:
         t = by_label.get(label)
         if t is None:
-            rows.append([study_uid, patient_id, route, label, 0, 0, "", "", 0, 0, 0, 0])
+            rows.append([study_uid, patient_id, route, label, 0, 0, "", "", 0, 0, 0, 0, "", "", *study])
             continue
         rows.append(
             [
@@ -267,6 +303,9 @@ def _truth_rows(study_uid: str, patient_id: str, route: str, images: Radiographs
                 int(t.visible_lateral),
                 t.contrast_frontal,
                 t.contrast_lateral,
+                t.density,
+                t.subtlety,
+                *study,
             ]
         )
     return rows

@@ -6,6 +6,7 @@
 # PRECISION (bf16-mixed; use 32-true on CPUs without bfloat16), WORKERS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -x .venv/bin/twoview ] && PATH="$PWD/.venv/bin:$PATH"  # scripts/install.sh's environment, activated or not
 work=${1:-runs/demo}
 studies=${STUDIES:-1500}
 mkdir -p "$work"

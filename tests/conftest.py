@@ -1,12 +1,27 @@
-"""Fixtures for every test folder."""
+"""Test-wide setup: the scripts next to the interpreter running the tests come first on PATH, and a
+static file server on 127.0.0.1 (downloads never leave this machine).
+
+Tests start `twoview ...` as a real process. Run as `.venv/bin/python -m pytest` with nothing activated,
+that console script is found in `.venv/bin`, as activating the environment would have done.
+"""
 
 from __future__ import annotations
 
 import http.server
+import os
+import sys
 import threading
 from functools import partial
+from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config) -> None:
+    scripts = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, path]) if path else scripts
 
 
 @pytest.fixture

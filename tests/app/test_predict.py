@@ -14,7 +14,7 @@ from pipeline.dicom import read_image
 from tests.app.conftest import SAMPLE, THRESHOLDS, button, texts
 
 STUDY = SAMPLE / "TV000000000" / "ST00000"
-FRONTAL, LATERAL = STUDY / "SE001" / "IM0001", STUDY / "SE002" / "2.dcm"
+FRONTAL, LATERAL = STUDY / "SE001" / "1.dcm", STUDY / "SE002" / "2.dcm"
 EDITOR = "views-sample:TV000000000"
 
 
@@ -65,7 +65,7 @@ def test_sample_study_shows_every_head_against_its_threshold(open_page):
         assert row["final"] == pytest.approx(row["joint"])
         assert row["threshold"] == THRESHOLDS.get(row["label"], 0.5)
         assert row["call"] == ("positive" if row["final"] >= row["threshold"] else "negative")
-    assert captions(at) == ["frontal: ST00000/SE001/IM0001", "lateral: ST00000/SE002/2.dcm"]
+    assert captions(at) == ["frontal: ST00000/SE001/1.dcm", "lateral: ST00000/SE002/2.dcm"]
     assert {b.label for b in at.get("download_button")} == {"Download CSV", "Download JSON Lines"}
 
 
@@ -79,7 +79,7 @@ def test_excluding_the_lateral_routes_to_the_frontal_head(open_page):
         assert row["lateral"] is None and row["joint"] is None
     aside = at.dataframe[1].value
     assert list(aside["reason"]) == ["excluded by the user"]
-    assert captions(at) == ["frontal: ST00000/SE001/IM0001"]
+    assert captions(at) == ["frontal: ST00000/SE001/1.dcm"]
 
 
 def test_swapping_views_swaps_the_images(open_page):
@@ -87,7 +87,7 @@ def test_swapping_views_swaps_the_images(open_page):
     edits = {0: {"view": "lateral"}, 1: {"view": "frontal"}}
     at.session_state[EDITOR] = {"edited_rows": edits, "added_rows": [], "deleted_rows": []}
     predict(at.run())
-    assert captions(at) == ["frontal: ST00000/SE002/2.dcm", "lateral: ST00000/SE001/IM0001"]
+    assert captions(at) == ["frontal: ST00000/SE002/2.dcm", "lateral: ST00000/SE001/1.dcm"]
 
 
 def test_uploaded_study_predicts_and_a_broken_file_gets_its_own_message(open_page):
@@ -149,7 +149,7 @@ def test_heatmap_toggle_overlays_each_view(open_page):
     assert not at.exception, at.exception
     shown = captions(at)
     assert [c.split(" — ")[0] for c in shown] == [
-        "frontal: ST00000/SE001/IM0001",
+        "frontal: ST00000/SE001/1.dcm",
         "lateral: ST00000/SE002/2.dcm",
     ]
     heatmaps = [heat for key, heat in at.session_state["heatmaps"].items() if key[-1] == "nodule"]

@@ -152,9 +152,9 @@ def test_upload_predict_heads_and_heatmap(page, tmp_path, browser, app_url):
 
 
 def test_a_broken_file_gets_a_message_and_the_rest_proceeds(page, tmp_path):
-    good = STUDIES / "TV000000000" / "ST00000" / "SE001" / "IM0001"
+    good = STUDIES / "TV000000000" / "ST00000" / "SE001" / "1.dcm"
     broken = tmp_path / "broken.dcm"
-    other = STUDIES / "TV000000001" / "ST00001" / "SE001" / "IM0001"
+    other = STUDIES / "TV000000001" / "ST00001" / "SE001" / "1.dcm"
     broken.write_bytes(other.read_bytes()[:4000])  # a whole header, a cut-off image
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")

@@ -77,7 +77,10 @@ def test_labels_csv_matches_files(dataset):
             assert ds.BodyPartExamined == "CHEST"
             position = ds.get("ViewPosition")
             assert position in ({"PA", "AP", None} if view == "frontal" else {"LL"})
-            assert list(ds.PatientOrientation) == (["L", "F"] if view == "frontal" else ["P", "F"])
+            # A lateral runs front-to-back either way round: anterior on the image's left (P) or right (A).
+            assert list(ds.PatientOrientation) in (
+                [["L", "F"]] if view == "frontal" else [["P", "F"], ["A", "F"]]
+            )
             assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
         assert all(row[label] in ("0", "1") for label in LABELS)
     extras = {p.relative_to(out).as_posix() for p in _dicoms(out)} - listed

@@ -9,6 +9,7 @@ from scipy import ndimage
 from sample_data.anatomy import Patient
 from sample_data.findings import Finding, FindingError
 from sample_data.phantom import simulate
+from sample_data.variants import Exam
 
 PATIENT = Patient(seed=3, sex="F")
 
@@ -32,14 +33,28 @@ def test_same_patient_same_pixels_and_different_seeds_differ():
     assert a.frontal.dtype == np.float32 and 0.0 <= a.frontal.min() and a.frontal.max() <= 1.0
 
 
+def _body_band(profile: np.ndarray, lo: float, hi: float) -> float:
+    """Mean of a column profile over a fraction [lo, hi] of the body's extent (where it is not air)."""
+    body = np.flatnonzero(profile > 0.3)
+    a, b = body[0], body[-1]
+    return float(profile[a + int(lo * (b - a)) : a + int(hi * (b - a)) + 1].mean())
+
+
 def test_orientation_bright_is_dense_and_heart_on_patient_left():
     r = simulate(PATIENT, [], size=128)
     f = r.frontal
-    assert f[:, :4].mean() < 0.1  # air beside the patient is dark
+    assert f[:8, :4].mean() < 0.1 and f[:8, -4:].mean() < 0.1  # air above the shoulders is dark
     rows = slice(70, 95)  # heart level
     assert f[rows, 64:90].mean() > f[rows, 38:64].mean()  # heart bulges to the image right (patient left)
-    lat = r.lateral
-    assert lat[rows, 40:64].mean() > lat[rows, 64:88].mean()  # heart is anterior = image left
+    # Lateral: the heart sits in front, the retrocardiac lung behind it is darker (anterior = image left).
+    profile = r.lateral[rows].mean(axis=0)
+    assert _body_band(profile, 0.15, 0.4) > _body_band(profile, 0.45, 0.65) + 0.05
+
+
+def test_lateral_facing_right_is_the_mirror_image():
+    left = simulate(PATIENT, [], size=96, views=("lateral",), exam=Exam(facing="left"))
+    right = simulate(PATIENT, [], size=96, views=("lateral",), exam=Exam(facing="right"))
+    assert np.array_equal(left.lateral[:, ::-1], right.lateral)
 
 
 def test_small_retrocardiac_nodule_shows_on_lateral_more_than_frontal():
