@@ -201,16 +201,6 @@ def to_display(pixels: np.ndarray) -> np.ndarray:
     return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """An RGB picture: the grey image with the heatmap blended in (jet colours, stronger where hotter)."""
-    from matplotlib import colormaps
-
-    grey = np.repeat(np.clip(pixels, 0, 1)[..., None], 3, axis=2)
-    colours = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-    weight = alpha * np.clip(heat, 0, 1)[..., None] ** 0.5
-    return ((1 - weight) * grey + weight * colours).clip(0, 1)
-
-
 def fit(picture: np.ndarray, max_side: int = 1024) -> np.ndarray:
     """A picture no bigger than `max_side` on its long side, so big films stay quick to send."""
     rows, cols = picture.shape[:2]

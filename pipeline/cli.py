@@ -71,13 +71,23 @@ def _predict(args: argparse.Namespace) -> int:
     from pipeline.shards import parse_shard
     from pipeline.sources import scan_with_progress
 
+    if args.dicomweb:
+        return _predict_dicomweb(args)
+    if args.study or args.since or args.store:
+        raise TwoviewError("--study, --since and --store are for studies on a PACS: give --dicomweb URL too")
+    if args.engine != "ray" and (args.address or args.ray_actors):
+        raise TwoviewError("--address and --ray-actors are for --engine ray")
     if (args.folder is None) == (args.manifest is None):
         raise TwoviewError("give either a FOLDER to scan or --manifest CSV (one of them, not both)")
     if args.images is not None and args.manifest is None:
         raise TwoviewError("--images is for --manifest; a FOLDER is scanned as it is")
+    if args.dicom_heatmaps and not args.dicom_out:
+        raise TwoviewError(
+            "--dicom-heatmaps adds Grad-CAM captures to the DICOM results: give --dicom-out DIR too"
+        )
     deidentify = Deidentifier.from_env() if args.deidentify else None
     if args.manifest is not None:
-        from pipeline.predict import predict_folder
+        from pipeline.predict import Predictor, load_model, predict_folder
 
         source = read_manifest(args.manifest, args.images, labels=())
     else:
@@ -91,25 +101,52 @@ def _predict(args: argparse.Namespace) -> int:
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan") as background:
             scanning = background.submit(scan)
-            from pipeline.predict import predict_folder
+            from pipeline.predict import Predictor, load_model, predict_folder
         source = scanning.result()
     output = Path(args.output)
     if not output.parent.exists():
         log.info("creating the output folder %s", output.parent)
+    model, model_path = load_model(args.model)
+    sink = _dicom_results(args, model, model_path, deidentify, args.dicom_out)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.engine == "ray":
+        from pipeline.ray_engine import predict_folder_ray
+
+        summary = predict_folder_ray(
+            source,
+            output,
+            model_path,
+            address=args.address,
+            actors=args.ray_actors,
+            actor_cpus=args.ray_actor_cpus,
+            device=args.device,
+            batch_size=args.batch_size,
+            fast=args.fast,
+            shard=shard,
+            deidentify=deidentify,
+            sink=sink,
+        )
+        return _check_summary(summary, args.folder or args.manifest)
+    predictor = Predictor(model, device=args.device, fast=args.fast, copy_model=False)
     summary = predict_folder(
         source,
         output,
-        args.model,
+        model_path,
         batch_size=args.batch_size,
-        device=args.device,
         workers=args.workers,
-        fast=args.fast,
-        shard=parse_shard(args.shard) if args.shard else None,
+        predictor=predictor,
+        shard=shard,
         deidentify=deidentify,
+        sink=sink,
     )
+    return _check_summary(summary, args.folder or args.manifest)
+
+
+def _check_summary(summary, source: str) -> int:
+    """A run that found nothing to predict, or could predict none of it, is an error (exit 2)."""
     if summary.studies == 0:
         raise TwoviewError(
-            f"no studies to predict in {args.folder or args.manifest}"
+            f"no studies to predict in {source}"
             + (
                 f": all {summary.set_aside} files were set aside, see {summary.errors_output}"
                 if summary.set_aside
@@ -121,6 +158,73 @@ def _predict(args: argparse.Namespace) -> int:
             f"none of the {summary.studies} studies could be predicted (no readable view); see {summary.errors_output}"
         )
     return 0
+
+
+def _predict_dicomweb(args: argparse.Namespace) -> int:
+    from pipeline.deidentify import Deidentifier
+    from pipeline.dicomweb import Pacs, parse_date
+    from pipeline.pacs import predict_pacs, working_folder
+    from pipeline.predict import Predictor, load_model
+
+    if args.folder or args.manifest or args.shard:
+        raise TwoviewError(
+            "--dicomweb reads the studies from the PACS: give no FOLDER, --manifest or --shard"
+        )
+    if args.engine == "ray":
+        raise TwoviewError(
+            "--dicomweb runs on this machine; --engine ray is for folders on a shared file system"
+        )
+    if args.study and args.since:
+        raise TwoviewError("give --study UID ... or --since DATE, not both")
+    if args.store and args.deidentify:
+        raise TwoviewError(
+            "--store puts the results into each patient's study in the PACS, where de-identified results "
+            "belong to no study; with --deidentify write them with --dicom-out DIR instead"
+        )
+    if args.dicom_heatmaps and not (args.dicom_out or args.store):
+        raise TwoviewError(
+            "--dicom-heatmaps adds Grad-CAM captures to the DICOM results: give --dicom-out or --store"
+        )
+    since = parse_date(args.since) if args.since else None
+    pacs = Pacs.from_env(args.dicomweb, attempts=args.dicomweb_attempts)
+    deidentify = Deidentifier.from_env() if args.deidentify else None
+    model, model_path = load_model(args.model)
+    predictor = Predictor(model, device=args.device, fast=args.fast)
+    output = Path(args.output)
+    folder = args.dicom_out or (working_folder(output) / "outbox" if args.store else None)
+    predict_pacs(
+        pacs,
+        output,
+        predictor,
+        model_path=model_path,
+        study_uids=args.study or (),
+        since=since,
+        results=_dicom_results(args, model, model_path, deidentify, folder),
+        store=args.store,
+        keep_results=bool(args.dicom_out),
+        deidentify=deidentify,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        chunk=args.fetch_chunk,
+    )
+    return 0
+
+
+def _dicom_results(args: argparse.Namespace, model, model_path: Path, deidentify, folder):
+    """The DICOM results writer into `folder` (SRs, and Grad-CAM captures with `--dicom-heatmaps`), or None."""
+    if not folder:
+        return None
+    from pipeline.dicom_results import DicomResults
+    from pipeline.explain import Explainer
+    from pipeline.sr import ModelIdentity
+
+    return DicomResults(
+        folder,
+        ModelIdentity.from_checkpoint(model_path, model.config),
+        model.config.thresholds,
+        deidentify=deidentify,
+        explainer=Explainer(model) if args.dicom_heatmaps else None,
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -162,8 +266,83 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--deidentify",
         action="store_true",
-        help="write keyed pseudonyms for study ids and file paths (outputs and logs); the secret key "
-        "comes from $TWOVIEW_DEIDENTIFY_KEY, and the same key gives the same pseudonyms",
+        help="write keyed pseudonyms for study ids and file paths (outputs and logs) and for the UIDs and "
+        "patient of DICOM results; the secret key comes from $TWOVIEW_DEIDENTIFY_KEY, and the same key "
+        "gives the same pseudonyms",
+    )
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="also write a DICOM Structured Report per predicted DICOM study into DIR (<study>.sr.dcm): "
+        "every label's probabilities, calls and route, the model, and the source images referenced",
+    )
+    p.add_argument(
+        "--dicom-heatmaps",
+        action="store_true",
+        help="with --dicom-out: a Secondary Capture of the Grad-CAM overlay per positive call and view, "
+        "labelled NOT FOR DIAGNOSIS",
+    )
+    ray = p.add_argument_group("many machines (Ray)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine; ray: Ray Data on a Ray cluster, decoding in CPU tasks and the model in "
+        'GPU or CPU actors (pip install "twoview[ray]"; the folder must be on a file system every node reads)',
+    )
+    ray.add_argument(
+        "--address",
+        help="the Ray cluster to join (e.g. auto, or ray://head:10001; default: a running one, else a new local one)",
+    )
+    ray.add_argument(
+        "--ray-actors", type=int, metavar="N", help="model copies (default: one per GPU, else 1)"
+    )
+    ray.add_argument(
+        "--ray-actor-cpus",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs each model actor reserves (default: 1)",
+    )
+    pacs = p.add_argument_group(
+        "studies on a PACS (DICOMweb)",
+        "Credentials come from the environment only: $TWOVIEW_DICOMWEB_TOKEN (a bearer token), or "
+        "$TWOVIEW_DICOMWEB_USER and $TWOVIEW_DICOMWEB_PASSWORD (HTTP basic).",
+    )
+    pacs.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help="predict studies of this DICOMweb server (its root, e.g. https://pacs/dicom-web) instead of a folder: "
+        "found with QIDO-RS, fetched with WADO-RS a chunk at a time; rerun the same command to resume",
+    )
+    pacs.add_argument(
+        "--study",
+        nargs="+",
+        action="extend",
+        metavar="UID",
+        help="these Study Instance UIDs (default: every CR/DX study)",
+    )
+    pacs.add_argument(
+        "--since", metavar="DATE", help="the CR/DX studies acquired on or after DATE (YYYY-MM-DD)"
+    )
+    pacs.add_argument(
+        "--store",
+        action="store_true",
+        help="send each study's DICOM results (the SR, and Grad-CAM captures with --dicom-heatmaps) back with STOW-RS",
+    )
+    pacs.add_argument(
+        "--fetch-chunk",
+        type=int,
+        default=16,
+        metavar="N",
+        help="studies fetched, predicted and stored at a time (default: 16)",
+    )
+    pacs.add_argument(
+        "--dicomweb-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="tries per request before the PACS counts as gone (default: 5, about 30 s of back-off)",
     )
     p.set_defaults(handler=_predict)
 

@@ -293,12 +293,15 @@ class StudyDataset(Dataset[StudySample]):
 
     def __getitem__(self, index: int) -> StudySample:
         self._seed_worker()
-        study = self.studies[index]
+        return self.decode(self.studies[index], self.labels[index].clone())
+
+    def decode(self, study: Study, labels: torch.Tensor | None = None) -> StudySample:
+        """Any study as a sample with this dataset's preprocessing (labels unknown unless given)."""
         arrays = {"frontal": self.load_view(study.frontal), "lateral": self.load_view(study.lateral)}
         out = self.transform(arrays)
-        return StudySample(
-            study.study_id, out["frontal"], out["lateral"], self.labels[index].clone(), self.config.image_size
-        )
+        if labels is None:
+            labels = torch.full((self.config.num_labels,), float("nan"))
+        return StudySample(study.study_id, out["frontal"], out["lateral"], labels, self.config.image_size)
 
     def load_view(self, source: ImageSource | None) -> np.ndarray | None:
         """The preprocessed `[1, S, S]` array of one view, or None when missing or unreadable."""

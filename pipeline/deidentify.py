@@ -1,8 +1,9 @@
 """Keyed pseudonyms for outputs and logs (`twoview predict --deidentify`).
 
 Study ids and every part of a file path become HMAC-SHA256 prefixes under a secret key read from the
-environment. The same key gives the same pseudonyms, so de-identified runs resume and shards merge;
-without the key they can be neither reversed nor checked against a guessed UID.
+environment; in DICOM outputs UIDs become `2.25.<integer of an HMAC>` and Patient IDs `p<hex>`. The
+same key gives the same pseudonyms, so de-identified runs resume and shards merge; without the key
+they can be neither reversed nor checked against a guessed UID.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ class Deidentifier:
         other._known = self._known
         return other
 
-    def _digest(self, kind: str, text: str) -> str:
+    def _digest(self, kind: str, text: str, chars: int = _DIGEST_CHARS) -> str:
         message = f"{kind}\0{text}".encode("utf-8", "surrogateescape")
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:_DIGEST_CHARS]
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:chars]
 
     def _remember(self, raw: str, pseudonym: str) -> None:
         if len(raw) >= 6 and self._known.get(raw) != pseudonym:  # short ids would match unrelated text
@@ -85,6 +86,21 @@ class Deidentifier:
         """The pseudonym of a study id: "s" and 16 hex digits."""
         pseudonym = f"s{self._digest('study', study_id)}"
         self._remember(study_id, pseudonym)
+        return pseudonym
+
+    def uid(self, uid: str) -> str:
+        """The pseudonym of a DICOM UID: `2.25.` and the integer of 128 bits of the HMAC (a valid UID)."""
+        pseudonym = f"2.25.{int(self._digest('uid', uid, 32), 16)}"
+        if uid not in self._known:  # a study UID keeps its study-id pseudonym in free text
+            self._remember(uid, pseudonym)
+        return pseudonym
+
+    def patient_id(self, patient_id: str) -> str:
+        """The pseudonym of a Patient ID: "p" and 16 hex digits ("" stays "")."""
+        if not patient_id:
+            return ""
+        pseudonym = f"p{self._digest('patient', patient_id)}"
+        self._remember(patient_id, pseudonym)
         return pseudonym
 
     def path(self, path: str | PurePath) -> str:

@@ -30,6 +30,8 @@ from pipeline.studies import SetAside
 
 __all__ = [
     "ERROR_COLUMNS",
+    "EVENT_COLUMNS",
+    "EventsFile",
     "FORMATS",
     "ErrorsFile",
     "OutputError",
@@ -37,6 +39,7 @@ __all__ = [
     "csv_line",
     "error_row",
     "errors_path",
+    "events_path",
     "output_format",
     "prediction_bytes",
     "prediction_columns",
@@ -48,6 +51,7 @@ logger = logging.getLogger(__name__)
 #: File suffixes and the format each one writes.
 FORMATS: dict[str, str] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 ERROR_COLUMNS: tuple[str, ...] = ("path", "study_id", "kind", "reason")
+EVENT_COLUMNS: tuple[str, ...] = ("study_id", "event")
 _FIXED_COLUMNS = ("study_id", "route", "frontal_file", "lateral_file")
 _DIGITS = 6
 
@@ -71,6 +75,12 @@ def errors_path(path: str | Path) -> Path:
     """Where the files set aside go: `<out stem>.errors.csv` next to the predictions."""
     path = Path(path)
     return path.with_name(f"{path.stem}.errors.csv")
+
+
+def events_path(path: str | Path) -> Path:
+    """Where a DICOMweb run records what it did per study: `<out stem>.dicomweb.csv` next to the predictions."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.dicomweb.csv")
 
 
 def prediction_columns(labels: Sequence[str], thresholds: Mapping[str, float]) -> list[str]:
@@ -336,6 +346,35 @@ class ErrorsFile:
         self._file.close()
 
     def __enter__(self) -> ErrorsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventsFile:
+    """The `study_id, event` CSV of a DICOMweb run, resumed: `done` and `stored` hold the study ids so far.
+
+    "done": fetched and predicted (or found with nothing to predict); "stored": its DICOM results are in the PACS.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = _open(_CsvFile, self.path, EVENT_COLUMNS)
+        events = _read(self._file, lambda row: (row["study_id"], row["event"]))
+        self.done = {study for study, event in events if event == "done"}
+        self.stored = {study for study, event in events if event == "stored"}
+
+    def write(self, event: str, study_ids: Iterable[str]) -> None:
+        """Record `event` ("done" or "stored") for each study, in one write."""
+        ids = list(study_ids)
+        self._file.write({"study_id": study, "event": event} for study in ids)
+        (self.done if event == "done" else self.stored).update(ids)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EventsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

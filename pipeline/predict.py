@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from models.checkpoint import load
+from models.config import ModelConfig
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
 from pipeline.data import StudyDataset, StudySample, ViewBatch, collate, worker_init
@@ -33,18 +34,25 @@ from pipeline.parallel import usable_cores
 from pipeline.progress import progress_bar
 from pipeline.records import Probabilities, StudyPrediction
 from pipeline.shards import Shard, select
-from pipeline.sources import gather
+from pipeline.sources import gather as gather_sources
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study
 
 __all__ = [
     "DEMO_MODEL",
+    "BatchSink",
     "PredictSummary",
+    "PredictionOutput",
     "Predictor",
     "StudyPrediction",
+    "decode_errors",
     "default_workers",
+    "failed_prediction",
+    "gather",
     "load_model",
     "predict_folder",
     "resolve_device",
+    "start_summary",
+    "study_prediction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,14 +163,16 @@ class _Studies(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, StudySample, tuple[SetAside, ...]]:
         sample = self.base[index]
-        study = self.base.studies[index]
-        failed = self.base.failed
-        errors = tuple(
-            SetAside(s.path, f"cannot be decoded: {failed[s.path]}", study.study_id, "unreadable")
-            for s in study.sources
-            if s.path in failed
-        )
-        return index, sample, errors
+        return index, sample, decode_errors(self.base.studies[index], self.base.failed)
+
+
+def decode_errors(study: Study, failed: dict[Path, str]) -> tuple[SetAside, ...]:
+    """The study's files that failed to decode (`StudyDataset.failed`), as errors-file entries."""
+    return tuple(
+        SetAside(s.path, f"cannot be decoded: {failed[s.path]}", study.study_id, "unreadable")
+        for s in study.sources
+        if s.path in failed
+    )
 
 
 def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> _Loaded:
@@ -314,41 +324,51 @@ class Predictor:
         for index, empty, errors in zip(loaded.indices, loaded.empty, loaded.errors, strict=True):
             study = studies[index]
             if empty:
-                out.append(self._failed(study, errors))
+                out.append(failed_prediction(study, errors, self.labels))
             else:
-                out.append(self._prediction(study, probs, row, errors))
+                out.append(study_prediction(study, probs, row, errors, self.labels, self.thresholds))
                 row += 1
         return out
 
-    def _prediction(
-        self, study: Study, probs: ViewLogits, row: int, errors: tuple[SetAside, ...]
-    ) -> StudyPrediction:
-        failed = {e.path for e in errors}
-        heads = {name: self._values(getattr(probs, name)[row]) for name in (*HEADS, "final")}
-        calls = {
-            label: int(heads["final"][label] >= threshold)
-            for label, threshold in self.thresholds.items()
-            if heads["final"][label] is not None
-        }
-        return StudyPrediction(
-            study_id=study.study_id,
-            route=probs.routes[row],
-            calls=calls,
-            frontal_file=_used(study.frontal, failed),
-            lateral_file=_used(study.lateral, failed),
-            errors=errors,
-            **heads,
-        )
 
-    def _failed(self, study: Study, errors: tuple[SetAside, ...]) -> StudyPrediction:
-        blank = dict.fromkeys(self.labels)
-        errors = tuple(replace(e, reason=f"{e.reason}; {_NO_VIEW}") for e in errors)
-        return StudyPrediction(
-            study.study_id, None, blank, dict(blank), dict(blank), dict(blank), {}, None, None, errors
-        )
+def study_prediction(
+    study: Study,
+    probs: ViewLogits,
+    row: int,
+    errors: Sequence[SetAside],
+    labels: Sequence[str],
+    thresholds: dict[str, float],
+) -> StudyPrediction:
+    """Row `row` of a batch's probabilities as the study's prediction, with the calls against `thresholds`."""
+    failed = {e.path for e in errors}
+    heads = {name: _values(getattr(probs, name)[row], labels) for name in (*HEADS, "final")}
+    calls = {
+        label: int(heads["final"][label] >= threshold)
+        for label, threshold in thresholds.items()
+        if heads["final"][label] is not None
+    }
+    return StudyPrediction(
+        study_id=study.study_id,
+        route=probs.routes[row],
+        calls=calls,
+        frontal_file=_used(study.frontal, failed),
+        lateral_file=_used(study.lateral, failed),
+        errors=tuple(errors),
+        **heads,
+    )
 
-    def _values(self, row: torch.Tensor) -> Probabilities:
-        return {label: (None if v != v else v) for label, v in zip(self.labels, row.tolist(), strict=True)}
+
+def failed_prediction(study: Study, errors: Sequence[SetAside], labels: Sequence[str]) -> StudyPrediction:
+    """A study none of whose views could be read: no route, blank probabilities, the reasons."""
+    blank = dict.fromkeys(labels)
+    errors = tuple(replace(e, reason=f"{e.reason}; {_NO_VIEW}") for e in errors)
+    return StudyPrediction(
+        study.study_id, None, blank, dict(blank), dict(blank), dict(blank), {}, None, None, errors
+    )
+
+
+def _values(row: torch.Tensor, labels: Sequence[str]) -> Probabilities:
+    return {label: (None if v != v else v) for label, v in zip(labels, row.tolist(), strict=True)}
 
 
 def _check_settings(batch_size: int, workers: int | None) -> int:
@@ -365,6 +385,107 @@ def _used(source: ImageSource | None, failed: set[Path]) -> Path | None:
     return source.path if source is not None and source.path not in failed else None
 
 
+class BatchSink(Protocol):
+    """Gets each batch's predictions (real ids and paths) before their rows are written, e.g. `DicomResults`."""
+
+    def write(self, predictions: Sequence[StudyPrediction]) -> None: ...
+
+
+class PredictionOutput:
+    """An open prediction output: the predictions and errors files (resumed), a sink, and the run's summary.
+
+    Every engine writes through it a batch at a time: the sink first, then the batch's errors, then its
+    rows, so a study in the output has its errors and its sink's files. `relative_to` writes file paths
+    relative to that folder (for files fetched into a working folder).
+    """
+
+    def __init__(
+        self,
+        out_path: str | Path,
+        predictor: Predictor | PredictorInfo,
+        summary: PredictSummary,
+        *,
+        deidentify: Deidentifier | None = None,
+        sink: BatchSink | None = None,
+        relative_to: Path | None = None,
+    ) -> None:
+        self.summary = summary
+        self.deidentify = deidentify
+        self.sink = sink
+        self.relative_to = relative_to
+        self.predictions = PredictionsFile(out_path, predictor.labels, predictor.thresholds)
+        try:
+            self.errors = ErrorsFile(summary.errors_output)
+        except BaseException:
+            self.predictions.close()
+            raise
+
+    def key(self, study_id: str) -> str:
+        """A study's id as the output writes it (its pseudonym when de-identifying)."""
+        return self.deidentify.study_id(study_id) if self.deidentify is not None else study_id
+
+    def todo(self, studies: Sequence[Study]) -> list[Study]:
+        """The studies not yet in the output; the others count as skipped."""
+        todo = [s for s in studies if self.key(s.study_id) not in self.predictions.done]
+        self.summary.skipped += len(studies) - len(todo)
+        return todo
+
+    def set_aside(self, items: Sequence[SetAside]) -> None:
+        """Files a scan set aside (each listed once in the errors file)."""
+        self.errors.write(self._set_aside(item) for item in items)
+        self.summary.set_aside += len(items)
+
+    def write(self, chunk: Sequence[StudyPrediction]) -> None:
+        """One batch: the sink, then the errors of its studies, then the rows of those predicted."""
+        if self.sink is not None:
+            self.sink.write(chunk)
+        chunk = [self._prediction(p) for p in chunk]
+        problems = [e for p in chunk for e in p.errors]
+        self.errors.write(problems)
+        done = [p for p in chunk if p.ok]
+        self.predictions.write(done)
+        self.summary.set_aside += len(problems)
+        self.summary.failed += len(chunk) - len(done)
+        self.summary.predicted += len(done)
+        for p in done:
+            self.summary.routes[p.route] += 1
+
+    def _prediction(self, prediction: StudyPrediction) -> StudyPrediction:
+        if self.deidentify is not None:
+            return self.deidentify.prediction(prediction)
+        if self.relative_to is None:
+            return prediction
+        return replace(
+            prediction,
+            frontal_file=self._relative(prediction.frontal_file),
+            lateral_file=self._relative(prediction.lateral_file),
+            errors=tuple(map(self._set_aside, prediction.errors)),
+        )
+
+    def _set_aside(self, item: SetAside) -> SetAside:
+        if self.deidentify is not None:
+            return self.deidentify.set_aside(item)
+        if self.relative_to is None:
+            return item
+        reason = item.reason.replace(f"{self.relative_to}/", "")
+        return replace(item, path=self._relative(item.path), reason=reason)
+
+    def _relative(self, path: Path | None) -> Path | None:
+        if path is None or self.relative_to is None or not path.is_relative_to(self.relative_to):
+            return path
+        return path.relative_to(self.relative_to)
+
+    def close(self) -> None:
+        self.predictions.close()
+        self.errors.close()
+
+    def __enter__(self) -> PredictionOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def predict_folder(
     source: str | Path | Manifest | ScanResult,
     out_path: str | Path = "predictions.csv",
@@ -377,125 +498,87 @@ def predict_folder(
     predictor: Predictor | None = None,
     shard: Shard | None = None,
     deidentify: Deidentifier | None = None,
+    sink: BatchSink | None = None,
     runner: Runner = direct,
 ) -> PredictSummary:
     """Predict every study of a folder (scanned recursively), a manifest or a scan into `out_path` (.csv/.jsonl).
 
     Studies already in `out_path` are skipped; files set aside go to `<stem>.errors.csv`. A ready
     `predictor` replaces `model_path`, `device` and `fast`; a `shard` keeps only its share of studies;
-    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs; `runner`
-    reads and decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
+    `deidentify` writes pseudonyms for study ids and paths, in the outputs and in the logs; a `sink`
+    gets every batch's predictions before their rows are written (the DICOM results); `runner` reads
+    and decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
     """
     if deidentify is not None and isinstance(source, (str, Path)):
         deidentify = deidentify.under(source)
     with scrubbed_logs(deidentify):
-        return _predict_folder(
-            source,
-            out_path,
-            model_path,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            fast=fast,
-            predictor=predictor,
-            shard=shard,
-            deidentify=deidentify,
-            runner=runner,
-        )
+        start = time.perf_counter()
+        output_format(out_path)
+        if predictor is None:
+            model, model_path = load_model(model_path)
+            predictor = Predictor(model, device=device, fast=fast, copy_model=False)
+        workers = _check_settings(batch_size, workers)
+        studies, set_aside = gather(source, out_path, shard, runner)
+        summary = start_summary(out_path, model_path, predictor.config, len(studies))
+        if deidentify is not None:
+            deidentify.learn(studies, set_aside)
+        with PredictionOutput(out_path, predictor, summary, deidentify=deidentify, sink=sink) as output:
+            output.set_aside(set_aside)
+            todo = output.todo(studies)
+            _log_skipped(summary, out_path)
+            with progress_bar(len(todo), "studies") as progress:
+                chunks = predictor.iter_predictions(
+                    todo, batch_size=batch_size, workers=workers, runner=runner
+                )
+                for chunk in chunks:
+                    output.write(chunk)
+                    progress.update(len(chunk))
+        summary.seconds = time.perf_counter() - start
+        logger.info("%s", summary)
+        return summary
 
 
-def _predict_folder(
-    source: str | Path | Manifest | ScanResult,
-    out_path: str | Path,
-    model_path: str | Path | None,
-    *,
-    batch_size: int,
-    device: str | torch.device | None,
-    workers: int | None,
-    fast: bool,
-    predictor: Predictor | None,
-    shard: Shard | None,
-    deidentify: Deidentifier | None,
-    runner: Runner,
+class PredictorInfo(Protocol):
+    """What the output files need of a model: its labels and thresholds."""
+
+    labels: Sequence[str]
+    thresholds: dict[str, float]
+
+
+def start_summary(
+    out_path: str | Path, model_path: str | Path | None, config: ModelConfig, studies: int
 ) -> PredictSummary:
-    """`predict_folder`'s work, inside its log scrubbing."""
-    start = time.perf_counter()
+    """A fresh summary for `studies` studies, with the model's notice (logged once as a warning)."""
     out_path = Path(out_path)
-    output_format(out_path)
-    if predictor is None:
-        model, model_path = load_model(model_path)
-        predictor = Predictor(model, device=device, fast=fast, copy_model=False)
-    studies, set_aside = gather(source, runner)
-    if shard is not None:
-        studies, set_aside = select(studies, set_aside, shard)
-        logger.info("shard %s: %d studies", shard, len(studies))
-    workers = _check_settings(batch_size, workers)
     summary = PredictSummary(out_path, errors_path(out_path), Path(model_path or "(given predictor)"))
-    summary.studies = len(studies)
-    summary.notice = predictor.config.notice
+    summary.studies = studies
+    summary.notice = config.notice
     if summary.notice:
         logger.warning("%s", summary.notice)
-    key = str
-    if deidentify is not None:
-        deidentify.learn(studies, set_aside)
-        key = deidentify.study_id
-    with (
-        PredictionsFile(out_path, predictor.labels, predictor.thresholds) as predictions,
-        ErrorsFile(summary.errors_output) as errors,
-    ):
-        errors.write(set_aside if deidentify is None else map(deidentify.set_aside, set_aside))
-        summary.set_aside = len(set_aside)
-        todo = [s for s in studies if key(s.study_id) not in predictions.done]
-        summary.skipped = len(studies) - len(todo)
-        if summary.skipped:
-            logger.info(
-                "%d of %d studies are already in %s; predicting the other %d",
-                summary.skipped,
-                len(studies),
-                out_path,
-                len(todo),
-            )
-        _run(
-            predictor,
-            todo,
-            predictions,
-            errors,
-            summary,
-            batch_size=batch_size,
-            workers=workers,
-            deidentify=deidentify,
-            runner=runner,
-        )
-    summary.seconds = time.perf_counter() - start
-    logger.info("%s", summary)
     return summary
 
 
-def _run(
-    predictor: Predictor,
-    studies: Sequence[Study],
-    predictions: PredictionsFile,
-    errors: ErrorsFile,
-    summary: PredictSummary,
-    *,
-    batch_size: int,
-    workers: int | None,
-    deidentify: Deidentifier | None = None,
+def _log_skipped(summary: PredictSummary, out_path: Path | str) -> None:
+    if summary.skipped:
+        logger.info(
+            "%d of %d studies are already in %s; predicting the other %d",
+            summary.skipped,
+            summary.studies,
+            out_path,
+            summary.studies - summary.skipped,
+        )
+
+
+def gather(
+    source: str | Path | Manifest | ScanResult,
+    out_path: str | Path,
+    shard: Shard | None = None,
     runner: Runner = direct,
-) -> None:
-    """Predict and write batch by batch: the errors of a batch first, then its rows."""
-    with progress_bar(len(studies), "studies") as progress:
-        chunks = predictor.iter_predictions(studies, batch_size=batch_size, workers=workers, runner=runner)
-        for chunk in chunks:
-            if deidentify is not None:
-                chunk = [deidentify.prediction(p) for p in chunk]
-            problems = [e for p in chunk for e in p.errors]
-            errors.write(problems)
-            done = [p for p in chunk if p.ok]
-            predictions.write(done)
-            summary.set_aside += len(problems)
-            summary.failed += len(chunk) - len(done)
-            summary.predicted += len(done)
-            for p in done:
-                summary.routes[p.route] += 1
-            progress.update(len(chunk))
+) -> tuple[tuple[Study, ...], tuple[SetAside, ...]]:
+    """The studies to predict (this shard's) and the files set aside; checks the output's suffix first."""
+    output_format(out_path)
+    studies, set_aside = gather_sources(source, runner)
+    if shard is not None:
+        studies, set_aside = select(studies, set_aside, shard)
+        logger.info("shard %s: %d studies", shard, len(studies))
+    return studies, set_aside

@@ -7,7 +7,8 @@
 #                   our machines; for a CUDA build elsewhere, e.g.
 #                   TWOVIEW_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
 #   TWOVIEW_PYTHON  the interpreter .venv is made from (default: python3)
-#   TWOVIEW_NO_SYSTEM=1   skip the Debian packages the tests use (dicom3tools, chromium, libatomic1)
+#   TWOVIEW_NO_SYSTEM=1   skip the Debian packages the tests use (dicom3tools, chromium, libatomic1,
+#                   orthanc, orthanc-dicomweb); tests that need one skip and say which
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${TWOVIEW_PYTHON:-python3}
@@ -27,6 +28,8 @@ tools=()  # what the tests use; each test that needs one skips without it
 if [ "${TWOVIEW_NO_SYSTEM:-0}" != 1 ]; then
   command -v dciodvfy >/dev/null || tools+=(dicom3tools)
   [ -x /usr/bin/chromium ] || tools+=(chromium)  # the browser tests drive the app in it
+  command -v Orthanc >/dev/null || tools+=(orthanc)  # a real PACS for the DICOMweb tests
+  [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || tools+=(orthanc-dicomweb)
   # ... through Playwright's bundled node, which needs libatomic.so.1: a minimal Debian lacks it.
   if command -v dpkg-query >/dev/null && ! dpkg-query -W -f='${Status}' libatomic1 2>/dev/null | grep -q 'ok installed'; then
     tools+=(libatomic1)

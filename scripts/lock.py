@@ -10,7 +10,7 @@ import re
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from packaging.markers import default_environment
+from packaging.markers import Marker, default_environment
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,22 @@ def _pin(name: str, version: str) -> str:
     return f"{name}=={version.split('+')[0] if name == 'torch' else version}\n"
 
 
+def _declared() -> list[Requirement]:
+    """twoview's requirements as this checkout's pyproject.toml declares them (the dev extra marked as such).
+
+    Read from the file rather than the installed metadata, which may be an older checkout's.
+    """
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dev = [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+    for req in dev:
+        req.marker = Marker('extra == "dev"' if req.marker is None else f'({req.marker}) and extra == "dev"')
+    return [Requirement(r) for r in project["dependencies"]] + dev
+
+
 def main() -> None:
-    own = [Requirement(r) for r in distribution("twoview").requires or []]
+    own = _declared()
     runtime = _tree(own, set())
     everything = _tree(own, {"dev"})
     runtime.pop("twoview", None)

@@ -14,6 +14,7 @@ from app.uploads import LOOSE_STUDY, MAX_UPLOAD_PIXELS, UploadError, UploadFolde
 from models.names import HEADS
 from pipeline.isolate import read_pixels
 from pipeline.outputs import prediction_bytes
+from pipeline.overlay import overlay
 from pipeline.records import StudyPrediction
 from pipeline.studies import ImageSource, ScanResult, SetAside, Study, assemble_studies, collect_sources
 from pipeline.views import View
@@ -212,7 +213,7 @@ def show_images(model: Path, study: Study, heat_label: str | None) -> None:
             caption = f"{view.value}: {markup.text(name_of(source.path))}"
             if heat_label:
                 heat = heatmap(model, study, view, heat_label)
-                picture = common.overlay(pixels, heat)
+                picture = overlay(pixels, heat)
                 caption += f" — Grad-CAM for {markup.text(heat_label)}"
                 if not heat.any():
                     caption += " (no region raises it on this view)"
