@@ -53,6 +53,15 @@ class ViewDecision(NamedTuple):
         """True when a view was decided."""
         return self.view is not None
 
+    @property
+    def needs_confirmation(self) -> bool:
+        """True when a person should confirm the view before it routes a prediction (see CONFIRM_BELOW)."""
+        return self.view is None or self.confidence < CONFIRM_BELOW
+
+
+# Views decided with less confidence than this (file names, pixels near the classifier's threshold)
+# are shown to the user to confirm before the app predicts with them.
+CONFIRM_BELOW = 0.8
 
 # Confidence per kind of evidence: coded tags are near-certain, free text less, pixels least.
 _CONF_VIEW_POSITION = 0.98

@@ -198,3 +198,10 @@ def test_phantom_views_from_pixels() -> None:
 def test_view_from_text_never_fails(text: str) -> None:
     decision = view_from_text(text, "series description")
     assert decision is None or (0.0 <= decision.confidence <= 1.0 and isinstance(decision.reason, str))
+
+
+def test_views_from_weak_evidence_ask_for_confirmation():
+    assert ViewDecision(None, "no tags", 0.0).needs_confirmation
+    assert ViewDecision(L, "file name", 0.7).needs_confirmation
+    assert not ViewDecision(F, "ViewPosition PA", 0.98).needs_confirmation
+    assert not ViewDecision.override("lateral").needs_confirmation
