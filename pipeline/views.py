@@ -1,12 +1,14 @@
 """Which view is an image: frontal (PA/AP) or lateral? Tags first, then words, then the pixels.
 
 Evidence, strongest first: ViewPosition, the View Code Sequence, Patient Orientation, the series
-and protocol descriptions, the file name, and last the image itself (frontal chest films are close
-to left-right mirror symmetric, laterals are not). A user's choice overrides all of it.
+and protocol descriptions, the file name, and last the image itself, read by a small learned view
+classifier (`pipeline.view_classifier`) that abstains below its calibrated threshold. A user's
+choice overrides all of it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from enum import Enum
@@ -14,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from models.errors import ModelError
 from pipeline.dicom import XrayImage
 
 __all__ = [
@@ -23,10 +26,9 @@ __all__ = [
     "view_from_tags",
     "view_from_text",
     "view_from_pixels",
-    "mirror_symmetry",
-    "FRONTAL_SYMMETRY",
-    "LATERAL_SYMMETRY",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class View(str, Enum):
@@ -63,14 +65,14 @@ class ViewDecision(NamedTuple):
 # are shown to the user to confirm before the app predicts with them.
 CONFIRM_BELOW = 0.8
 
-# Confidence per kind of evidence: coded tags are near-certain, free text less, pixels least.
+# Confidence per kind of evidence: coded tags are near-certain, free text less; pixels give the
+# view classifier's calibrated probability.
 _CONF_VIEW_POSITION = 0.98
 _CONF_DECUBITUS = 0.6  # LLD/RLD: decubitus films are horizontal-beam projections; see VIEW_POSITIONS
 _CONF_VIEW_CODE = 0.95
 _CONF_ORIENTATION = 0.85
 _CONF_DESCRIPTION = 0.8
 _CONF_FILENAME = 0.7
-_CONF_PIXELS_MAX = 0.75
 
 VIEW_POSITIONS: dict[str, View] = {
     "PA": View.FRONTAL,
@@ -123,19 +125,6 @@ _FRONTAL_WORDS = (
 _LATERAL_RE = re.compile(_B + "(?:" + "|".join(_LATERAL_WORDS) + ")" + _E)
 _FRONTAL_RE = re.compile(_B + "(?:" + "|".join(_FRONTAL_WORDS) + ")" + _E)
 _OBLIQUE_RE = re.compile(_B + r"(?:obl(?:ique|iqua|iquo|\.)?|schraeg|schrag|rao|lao|rpo|lpo)" + _E)
-
-# Pixel rule thresholds on mirror symmetry (see `mirror_symmetry`): at or above FRONTAL_SYMMETRY
-# says frontal, at or below LATERAL_SYMMETRY says lateral, in between is left undecided.
-# Measured on 40 phantom pairs (sample_data.phantom, seeds 0-39): frontals 0.82-0.96, laterals
-# 0.44-0.69; the real RG1 PA film scores 0.85. Only one real film was available, so a band between
-# the thresholds is left undecided rather than guessed.
-FRONTAL_SYMMETRY = 0.78
-LATERAL_SYMMETRY = 0.72
-_GRID = 64  # the image is reduced to about this many cells on its short side before comparing
-_LUNG_ROWS = (0.25, 0.65)  # the band of rows (fractions of the height) whose profile is compared
-_OUTLINE_WINDOW = 15  # cells (of ~64) in the moving average that removes the body outline
-_MAX_AXIS_SHIFT = 0.08  # the symmetry axis may sit this far (fraction of width) from the centre
-_BORDER = 0.06  # fraction trimmed from each edge (collimator edges, markers, labels)
 
 
 def detect_view(image: XrayImage, *, use_pixels: bool = True) -> ViewDecision:
@@ -243,80 +232,27 @@ def _normalise(text: str) -> str:
 
 
 def view_from_pixels(pixels: np.ndarray) -> ViewDecision:
-    """Decide from the image alone: frontal chest films mirror well left-right, laterals do not."""
-    symmetry = mirror_symmetry(pixels)
-    if symmetry >= FRONTAL_SYMMETRY:
-        confidence = _pixel_confidence(symmetry - FRONTAL_SYMMETRY)
-        reason = f"no view tags; the image is left-right symmetric (symmetry {symmetry:.2f}), which suggests a frontal view"
-        return ViewDecision(View.FRONTAL, reason, confidence)
-    if symmetry <= LATERAL_SYMMETRY:
-        confidence = _pixel_confidence(LATERAL_SYMMETRY - symmetry)
-        reason = f"no view tags; the image is left-right asymmetric (symmetry {symmetry:.2f}), which suggests a lateral"
-        return ViewDecision(View.LATERAL, reason, confidence)
-    reason = f"no view tags, and the image's left-right symmetry ({symmetry:.2f}) fits neither view clearly"
-    return ViewDecision(None, reason, 0.0)
+    """Ask the bundled view classifier; below its calibrated threshold the view stays unknown, with why."""
+    from pipeline import view_classifier  # torch loads only when the pixels have to decide
 
-
-def _pixel_confidence(margin: float) -> float:
-    """0.55 at the threshold, rising with the margin to at most _CONF_PIXELS_MAX."""
-    return float(min(_CONF_PIXELS_MAX, 0.55 + 1.5 * margin))
-
-
-def mirror_symmetry(pixels: np.ndarray) -> float:
-    """Left-right mirror correlation of the chest's column profile, in [-1, 1]; frontal films score high.
-
-    The profile is the mean of a small rank-normalised copy over the lung rows (25-65 % of the
-    height), minus its moving average, so the body outline (symmetric in both views) drops out and
-    what is left is lungs against mediastinum and spine. The mirror axis may sit up to
-    `_MAX_AXIS_SHIFT` off-centre; the best correlation is kept.
-    """
-    small = _rank_normalise(_shrink(_trim(pixels)))
-    rows = small.shape[0]
-    profile = small[int(rows * _LUNG_ROWS[0]) : int(rows * _LUNG_ROWS[1])].mean(axis=0)
-    detail = profile - _moving_average(profile, _OUTLINE_WINDOW)
-    flipped = detail[::-1]
-    width = detail.size
-    max_offset = max(1, round(2 * _MAX_AXIS_SHIFT * width))
-    best = -1.0
-    for offset in range(-max_offset, max_offset + 1):
-        a = detail[max(0, offset) : width + min(0, offset)]
-        b = flipped[max(0, -offset) : width + min(0, -offset)]
-        best = max(best, _correlation(a, b))
-    return best
-
-
-def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average with edge values repeated (same length as `values`)."""
-    half = window // 2
-    padded = np.pad(values, (half, window - 1 - half), mode="edge")
-    return np.convolve(padded, np.full(window, 1.0 / window, dtype=values.dtype), mode="valid")
-
-
-def _trim(pixels: np.ndarray) -> np.ndarray:
-    """Drop a border on every side, where collimator edges and text markers live."""
-    rows, cols = pixels.shape
-    dr, dc = int(rows * _BORDER), int(cols * _BORDER)
-    return pixels[dr : rows - dr, dc : cols - dc]
-
-
-def _shrink(pixels: np.ndarray) -> np.ndarray:
-    """Block-average to about `_GRID` cells on the short side (float32, no full-size copy)."""
-    factor = max(1, min(pixels.shape) // _GRID)
-    rows, cols = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
-    blocks = pixels[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
-
-
-def _rank_normalise(small: np.ndarray) -> np.ndarray:
-    """Replace values by their rank in [0, 1], so exposure and windowing do not matter."""
-    ranks = np.empty(small.size, dtype=np.float32)
-    ranks[np.argsort(small, axis=None, kind="stable")] = np.linspace(0.0, 1.0, small.size, dtype=np.float32)
-    return ranks.reshape(small.shape)
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equal-shape arrays; 0 when either is constant."""
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
+    try:
+        scores = view_classifier.classify(pixels)
+    except ModelError as err:
+        logger.error("the view classifier cannot run: %s", err)
+        return ViewDecision(
+            None, f"no view tags, and the view classifier cannot run ({err}): confirm the view", 0.0
+        )
+    probs = scores.probabilities
+    if not scores.chest_film:
+        reason = (
+            f"no view tags, and the view classifier does not see a chest film (frontal {probs['frontal']:.2f}, "
+            f"lateral {probs['lateral']:.2f}, other {probs['other']:.2f}): confirm the view"
+        )
+        return ViewDecision(None, reason, 0.0)
+    name, confidence = scores.view
+    if confidence < scores.threshold:
+        reason = f"no view tags; the view classifier is unsure ({name} {confidence:.2f}): confirm the view"
+        return ViewDecision(None, reason, confidence)
+    return ViewDecision(
+        View(name), f"no view tags; the view classifier says {name} ({confidence:.2f})", confidence
+    )

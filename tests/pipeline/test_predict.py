@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -303,3 +304,18 @@ def test_killed_run_resumes_with_every_study_exactly_once(checkpoint, tmp_path):
     assert text.endswith("\n") and "1.3.99" not in text
     ids = [r["study_id"] for r in read_rows(out)]
     assert sorted(ids) == sorted(f"1.3.{i}" for i in range(40))
+
+
+def test_untagged_image_of_unknown_view_is_set_aside_by_predict_with_the_reason(checkpoint, tmp_path):
+    """A DICOM without view tags whose pixels the view classifier cannot place: listed in the errors, not predicted."""
+    root = tmp_path / "in"
+    write_dicom(root / "pa.dcm", study_uid="1.2.9", view_position="PA", seed=1)
+    noise = np.random.default_rng(5).integers(0, 4000, (96, 96))
+    write_dicom(root / "what.dcm", study_uid="1.2.9", view_position=None, pixels=noise)
+    out = tmp_path / "run.csv"
+    summary = predict_folder(root, out, checkpoint, batch_size=2, device="cpu", workers=0)
+    assert [(r["study_id"], r["route"]) for r in read_rows(out)] == [("1.2.9", "frontal")]
+    (error,) = read_rows(tmp_path / "run.errors.csv")
+    assert Path(error["path"]).name == "what.dcm" and error["kind"] == "unknown_view"
+    assert error["reason"].startswith("unknown view: no view tags") and "confirm the view" in error["reason"]
+    assert summary.set_aside == 1

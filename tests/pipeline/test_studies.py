@@ -153,9 +153,20 @@ def test_unknown_view_set_aside(tmp_path: Path) -> None:
     assert aside.reason == "unknown view: ViewPosition tag is 'RAO', an oblique view"
 
 
+def phantom_film(view: str, seed: int = 5) -> np.ndarray:
+    """A 12-bit phantom film of `view` ("frontal" or "lateral") from a patient training never saw."""
+    from sample_data.anatomy import random_patient
+    from sample_data.phantom import simulate
+
+    films = simulate(random_patient(np.random.default_rng([seed, 77])), size=192, views=(view,))
+    return np.round(getattr(films, view) * 4000).astype(np.uint16)
+
+
 def test_pixels_decoded_only_when_tags_do_not_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_dicom(tmp_path / "tagged.dcm", study_uid="1.2.5", view_position="PA")
-    untagged = write_dicom(tmp_path / "untagged.dcm", study_uid="1.2.5", view_position=None)
+    untagged = write_dicom(
+        tmp_path / "untagged.dcm", study_uid="1.2.5", view_position=None, pixels=phantom_film("lateral")
+    )
     decoded: list[Path] = []
     real = studies_module.read_image
 
@@ -167,7 +178,18 @@ def test_pixels_decoded_only_when_tags_do_not_decide(tmp_path: Path, monkeypatch
     result = scan_folder(tmp_path)
     assert decoded == [untagged]
     source = next(s for s in result.sources if s.path == untagged)
-    assert source.view is View.FRONTAL and "symmetric" in source.view_reason
+    assert source.view is View.LATERAL and "the view classifier says lateral" in source.view_reason
+
+
+def test_view_the_classifier_cannot_decide_is_set_aside_with_the_reason(tmp_path: Path) -> None:
+    """An untagged picture that is no chest film: set aside as unknown view, asking the user to confirm."""
+    write_png(tmp_path / "s1" / "image1.png", phantom_film("frontal").astype(np.float32) / 4000 * 255)
+    write_png(tmp_path / "s1" / "image2.png", np.random.default_rng(3).integers(0, 256, (128, 128)))
+    result = scan_folder(tmp_path)
+    assert [s.route for s in result.studies] == ["frontal"]
+    (aside,) = result.set_aside
+    assert aside.path.name == "image2.png" and aside.kind == "unknown_view"
+    assert aside.reason.startswith("unknown view: no view tags") and aside.reason.endswith("confirm the view")
 
 
 def test_overrides_rebuild_studies(study_folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""pipeline.views: each kind of evidence, its priority, the user override, and the pixel rule."""
+"""pipeline.views: each kind of evidence, its priority, the user override, and the pixel step."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from pipeline.dicom import XrayImage, read_image
-from pipeline.views import View, ViewDecision, detect_view, mirror_symmetry, view_from_pixels, view_from_text
+from pipeline.view_classifier import abstention_threshold
+from pipeline.views import View, ViewDecision, detect_view, view_from_pixels, view_from_text
 
 F, L = View.FRONTAL, View.LATERAL
 
@@ -154,44 +155,39 @@ def test_no_evidence_at_all_is_unknown() -> None:
 
 
 def test_rg1_without_tags_is_frontal_from_pixels(rg1_untagged: list[XrayImage]) -> None:
+    """The real PA film, every view tag removed: the view classifier calls it frontal."""
     for image in rg1_untagged:
         decision = detect_view(image)
-        assert decision.view is F and "symmetric" in decision.reason
-        assert 0.5 <= decision.confidence <= 0.75
+        assert decision.view is F, decision.reason
+        assert decision.reason.startswith("no view tags; the view classifier says frontal")
+        assert abstention_threshold() <= decision.confidence <= 1.0
 
 
-def test_rg1_on_its_side_is_not_called_frontal(rg1_untagged: list[XrayImage]) -> None:
-    """Rotated 90 degrees the film is no longer left-right symmetric."""
-    assert view_from_pixels(np.rot90(rg1_untagged[0].pixels)).view is not F
+def test_rg1_on_its_side_is_not_called_a_view(rg1_untagged: list[XrayImage]) -> None:
+    """A film turned 90 degrees is no upright chest film: the user is asked, nothing is guessed."""
+    decision = view_from_pixels(np.rot90(rg1_untagged[0].pixels))
+    assert decision.view is None and "confirm the view" in decision.reason
 
 
-def test_symmetry_ignores_exposure_and_size(rg1_untagged: list[XrayImage]) -> None:
-    pixels = rg1_untagged[0].pixels
-    base = mirror_symmetry(pixels)
-    assert mirror_symmetry(pixels**2.2) == pytest.approx(base, abs=0.03)
-    assert mirror_symmetry(np.ascontiguousarray(pixels[::3, ::3])) == pytest.approx(base, abs=0.03)
-
-
-def test_mirrored_image_has_the_same_symmetry(rg1_untagged: list[XrayImage]) -> None:
-    pixels = rg1_untagged[0].pixels
-    assert mirror_symmetry(pixels[:, ::-1]) == pytest.approx(mirror_symmetry(pixels), abs=0.02)
+@pytest.mark.parametrize(
+    "pixels",
+    [np.zeros((300, 240), np.float32), np.random.default_rng(0).random((256, 256), dtype=np.float32)],
+    ids=["blank", "noise"],
+)
+def test_blank_or_noise_is_unknown_with_the_reason(pixels: np.ndarray) -> None:
+    decision = detect_view(_image(pixels))
+    assert decision.view is None and not decision.known
+    assert decision.reason.startswith("no view tags") and decision.reason.endswith("confirm the view")
 
 
 def test_phantom_views_from_pixels() -> None:
-    """The synthetic two-view phantom: frontals frontal, laterals lateral or undecided, never swapped."""
+    """Held-out phantom patients (a seed training never used): every film gets its own view."""
     phantom = pytest.importorskip("sample_data.phantom")
     anatomy = pytest.importorskip("sample_data.anatomy")
-    decided = 0
-    for seed in range(6):
-        # A straight spine and the default upright, centred exam: scoliotic or rotated phantom frontals
-        # look like real ones and defeat this mirror-symmetry rule (the learned classifier replaces it).
-        patient = replace(anatomy.random_patient(np.random.default_rng(seed)), scoliosis_deg=0.0)
-        views = phantom.simulate(patient, size=256)
+    for seed in range(1000, 1006):
+        views = phantom.simulate(anatomy.random_patient(np.random.default_rng(seed)), size=256)
         assert view_from_pixels(views.frontal).view is F, seed
-        lateral = view_from_pixels(views.lateral).view
-        assert lateral is not F, seed
-        decided += lateral is L
-    assert decided >= 4
+        assert view_from_pixels(views.lateral).view is L, seed
 
 
 @given(st.text(max_size=60))

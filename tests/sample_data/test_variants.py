@@ -9,7 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.views import mirror_symmetry
 from sample_data.anatomy import HABITUS, HABITUS_SHARES, SCOLIOSIS_SHARE, Patient, random_patient
 from sample_data.findings import SUBTLE_SHARE, Finding, random_findings
 from sample_data.generate import TRUTH_HEADER, write_dataset
@@ -110,11 +109,17 @@ def test_every_variant_renders_a_finite_image_in_range(patient, exam):
     assert np.isfinite([r.truth[0].contrast_frontal, r.truth[0].contrast_lateral]).all()
 
 
+def _lopsided(img: np.ndarray) -> float:
+    """Mean left-right difference of the mid-chest column profile (0 for a mirror-symmetric film)."""
+    profile = img[img.shape[0] * 3 // 10 : img.shape[0] * 6 // 10].mean(axis=0)
+    return float(np.abs(profile - profile[::-1]).mean())
+
+
 def test_variants_change_the_film_the_way_they_should():
     plain = simulate(PATIENT, [], size=128)
     # A rotated frontal is less mirror-symmetric.
     turned = simulate(PATIENT, [], size=128, views=("frontal",), exam=Exam(rotation_deg=15.0))
-    assert mirror_symmetry(turned.frontal) < mirror_symmetry(plain.frontal) - 0.02
+    assert _lopsided(turned.frontal) > _lopsided(plain.frontal) + 0.03
     # A pacemaker's can is a bright block over the upper chest (at 128 px about 15 x 15 pixels).
     paced = simulate(PATIENT, [], size=128, views=("frontal",), exam=Exam(devices=("pacemaker",)))
     assert ((paced.frontal - plain.frontal)[:64] > 0.2).sum() > 100
