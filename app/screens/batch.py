@@ -89,6 +89,8 @@ def main() -> None:
         + ". The output goes into the app folder."
     )
     model = common.active_model()
+    st.markdown(common.model_line(model))
+    common.show_notice(model)
     ready = common.model_ready(model)
     if not ready:
         st.warning(common.no_model_message(model))

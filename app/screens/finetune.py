@@ -95,10 +95,13 @@ def show_outcome(job: TrainJob, state_name: str) -> None:
             st.markdown(demote_headings(markup.document(report)))
     if job.best.is_file():
         if common.active_model() == job.best:
-            st.success(f"{markup.text(job.best)} is the active model.")
-        elif st.button("Use this model", type="primary", key="use"):
+            st.success(f"{markup.text(job.best)} is the active model of this browser session.")
+        elif st.button("Use this model", type="primary", key="use", help="For this browser session only."):
             common.set_active_model(job.best)
-            st.success(f"{markup.text(job.best)} is now the active model.")
+            st.success(
+                f"{markup.text(job.best)} is now the active model of this browser session "
+                "(other users keep theirs)."
+            )
 
 
 def demote_headings(markdown: str) -> str:

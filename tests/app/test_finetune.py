@@ -50,8 +50,8 @@ def test_tiny_training_runs_reports_and_becomes_the_active_model(open_page):
     assert any(m.startswith("### Validation report") for m in texts(at, "markdown"))
     assert any("Validation AUROC" in m for m in texts(at, "markdown"))
     button(at, "Use this model").click().run()
-    assert common.active_model() == job.best
-    assert any("is now the active model" in s for s in texts(at, "success"))
+    assert at.session_state["active_model"] == str(job.best)
+    assert any("is now the active model of this browser session" in s for s in texts(at, "success"))
 
 
 def test_a_reload_reattaches_and_stop_ends_the_run(open_page):
