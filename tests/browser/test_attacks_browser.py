@@ -281,7 +281,9 @@ def test_markup_in_tags_labels_and_metadata_fetches_nothing(app, browser, server
         page.get_by_role("option", name="uploaded: marked.safetensors").click()
         page.get_by_role("button", name="Use this model").click()
         page.get_by_text("![p]").first.wait_for(timeout=60_000)  # the metadata shown as text
-        page.locator('[data-testid="stSidebarNav"]').get_by_text("Predict").click()  # same session, same model
+        page.locator('[data-testid="stSidebarNav"]').get_by_text(
+            "Predict"
+        ).click()  # same session, same model
         page.get_by_text("Upload files").click()
         page.locator("input[type=file]").wait_for(state="attached", timeout=60_000)
         page.locator("input[type=file]").set_input_files([str(refused), str(readable)])
