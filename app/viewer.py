@@ -13,6 +13,7 @@ import base64
 import io
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 from PIL import Image
 
@@ -22,7 +23,8 @@ __all__ = ["COLOUR_SCALES", "PLOT_CONFIG", "figure", "png_uri"]
 
 COLOUR_SCALES = ["Jet", "Inferno", "Viridis", "Hot"]
 HEAT_GRID = 128  # the heatmap layer's long side in cells
-HEAT_FLOOR = 0.1  # weaker evidence is left transparent, so the film shows through
+HEAT_FLOOR = 0.05  # weaker evidence is not drawn at all
+HEAT_SOLID = 0.5  # the colour scale fades in from transparent at 0 to solid here, so the film shows through
 PLOT_CONFIG = {
     "scrollZoom": True,
     "displaylogo": False,
@@ -35,6 +37,16 @@ def png_uri(grey: np.ndarray) -> str:
     out = io.BytesIO()
     Image.fromarray(grey).save(out, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def fading(name: str) -> list[list]:
+    """Plotly's colour scale `name` with an alpha ramp: weak evidence transparent, strong evidence solid."""
+    stops = plotly.colors.get_colorscale(name)
+    faded = []
+    for stop, colour in stops:
+        red, green, blue = plotly.colors.unlabel_rgb(plotly.colors.convert_colors_to_same_type(colour)[0][0])
+        faded.append([stop, f"rgba({red:.0f},{green:.0f},{blue:.0f},{min(1.0, stop / HEAT_SOLID):.3f})"])
+    return faded
 
 
 def figure(
@@ -63,7 +75,7 @@ def figure(
                 dy=cell_r,
                 zmin=0.0,
                 zmax=1.0,
-                colorscale=colours,
+                colorscale=fading(colours),
                 opacity=opacity,
                 hoverinfo="skip",
                 colorbar={"title": {"text": "Grad-CAM", "side": "right"}, "thickness": 12, "len": 0.8},

@@ -65,10 +65,10 @@ def readable(rows: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, object]:
     labels = [c.removesuffix("_call") for c in rows.columns if c.endswith("_call")]
     finals = [c for c in rows.columns if f"{c}_frontal" in rows.columns]
     table = pd.DataFrame({"study": rows["study_id"].map(short_id), "route": rows["route"]})
-    for view in ("frontal", "lateral"):
-        table[view] = rows[f"{view}_file"].map(lambda p: "" if pd.isna(p) else short(str(p), folder))
     for label in finals:
         table[label] = rows[label]
+    for view in ("frontal", "lateral"):  # last: long paths would push the findings out of sight
+        table[view] = rows[f"{view}_file"].map(lambda p: "" if pd.isna(p) else short(str(p), folder))
     threshold = {label: rows[f"{label}_threshold"] for label in labels}
 
     def colour(column: pd.Series) -> list[str]:
@@ -185,7 +185,7 @@ def main() -> None:
     )
     if st.button("Start", type="primary", disabled=running or not ready):
         start(folder, output, model, deidentify)
-        job = state.batch_job
+        st.rerun()  # redraw the form with Start disabled
     if job is not None:
         st.fragment(show_job, run_every=1.0 if job.running else None)(job)
 

@@ -52,16 +52,6 @@ def card(path: Path) -> None:
         f"{markup.text(path)} — {path.stat().st_size / 2**20:.1f} MB, saved {time.ctime(path.stat().st_mtime)}"
     )
     st.markdown(f"**Trained on:** {markup.text(summary.trained_on)}")
-    if summary.card:
-        limits = card_sections(summary.card, "known limits")
-        scores = card_sections(summary.card, "AUROC")
-        with st.container(border=True):
-            st.markdown("**From the model card**")
-            for part in (limits, scores):
-                if part:
-                    st.markdown(demote(markup.document(part)))
-            with st.expander("The whole model card"):
-                st.markdown(demote(markup.document(summary.card)))
     thresholds = config.get("thresholds") or {}
     aurocs = provenance.get("val_auroc") or {}
     st.dataframe(
@@ -78,6 +68,16 @@ def card(path: Path) -> None:
         hide_index=True,
         width="stretch",
     )
+    if summary.card:
+        limits = card_sections(summary.card, "known limits")
+        scores = card_sections(summary.card, "AUROC")
+        with st.container(border=True):
+            st.markdown("**From the model card**")
+            for part in (limits, scores):
+                if part:
+                    st.markdown(demote(markup.document(part)))
+            with st.expander("The whole model card"):
+                st.markdown(demote(markup.document(summary.card)))
     left, right = st.columns(2)
     with left:
         st.markdown("**Network**")
