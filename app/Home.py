@@ -6,7 +6,13 @@ link (e.g. /batch) to a freshly started server then opens that page without this
 
 import streamlit as st
 
+from app import common
+
 st.set_page_config(page_title="twoview", page_icon=":material/radiology:", layout="wide")
+with st.sidebar:
+    st.markdown(f"### {common.APP_NAME}")
+    st.caption(common.APP_LINE)
+    st.caption(common.model_line(common.active_model()))
 pages = [
     st.Page("screens/predict.py", title="Predict", icon=":material/radiology:", default=True),
     st.Page("screens/batch.py", title="Batch", icon=":material/folder_open:"),

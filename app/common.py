@@ -1,5 +1,9 @@
-"""What every page shares: the app's folders, the active model (loaded once per process), each browser
-session's upload folder and file reader, bounded image caches, and error display."""
+"""What every page shares: the app's folders, this session's active model (loaded once per process), the
+model's notice, each browser session's upload folder and file reader, bounded image caches, and error display.
+
+The active model is each browser session's own (README, "Whose model"): choosing one on the Model page
+or after Fine-tune never changes what another user's predictions come from.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
+import torch
 
 from app import markup
 from models.checkpoint import read_config
@@ -25,15 +30,25 @@ from models.errors import ModelError
 from pipeline.errors import TwoviewError
 from pipeline.explain import Explainer
 from pipeline.isolate import Isolated
+from pipeline.modelcard import ModelSummary, summarise
 from pipeline.predict import DEMO_MODEL, Predictor, load_model
 
 logger = logging.getLogger("twoview.app")
 
+#: Torch threads per prediction in the app (`$TWOVIEW_APP_THREADS`, default 1). The app predicts one
+#: study at a time for each of several sessions; on a shared 2-core machine two OpenMP threads made
+#: Predict 11 s instead of 0.13 s and two heatmaps 42 s instead of 0.75 s (bench/app_pages.py).
+APP_THREADS = int(os.environ.get("TWOVIEW_APP_THREADS") or 1)
+torch.set_num_threads(APP_THREADS)
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_STUDIES = REPO / "sample_data" / "studies"
 BUNDLED_MODELS = REPO / "sample_data" / "models"
-_chosen: dict[str, Path] = {}  # the model picked on the Model page, shared by every session of this process
-_chosen_lock = threading.Lock()
+APP_NAME = "twoview"
+APP_LINE = (
+    "Finds five chest findings on a frontal and/or lateral chest X-ray, shows what each view's head "
+    "thinks, and where it looked (Grad-CAM)."
+)
 DISPLAY_SIDE = 2048  # images are kept (and explained) at most this big: the browser shows 1024
 CACHE_BYTES = 128 * 2**20  # each session's decoded images, and its heatmaps, at most this much each
 
@@ -59,19 +74,18 @@ def default_model() -> Path:
 
 
 def active_model() -> Path:
-    """The model the Model page picked, else the default."""
-    with _chosen_lock:
-        return _chosen.get("path", default_model())
+    """The model this browser session picked (Model or Fine-tune page), else the default."""
+    chosen = st.session_state.get("active_model")
+    return Path(chosen) if chosen else default_model()
 
 
 def set_active_model(path: Path | None) -> None:
-    """Make `path` the active model for every session (None: back to the default)."""
-    with _chosen_lock:
-        if path is None:
-            _chosen.pop("path", None)
-        else:
-            _chosen["path"] = Path(path)
-    logger.info("active model: %s", active_model())
+    """Make `path` the active model of this browser session only (None: back to the default)."""
+    if path is None:
+        st.session_state.pop("active_model", None)
+    else:
+        st.session_state["active_model"] = str(path)
+    logger.info("active model of a session: %s", active_model())
 
 
 def model_ready(path: Path) -> bool:
@@ -119,6 +133,32 @@ def model_config(path: Path) -> ModelConfig:
     return read_config(path)
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def _summary(path: str, mtime_ns: int) -> ModelSummary:
+    return summarise(path, read_config(path))
+
+
+def model_summary(path: Path) -> ModelSummary:
+    """What the model at `path` was trained on, its synthetic-only notice and its card."""
+    return _summary(str(path), _stamp(path))
+
+
+def show_notice(path: Path) -> None:
+    """The model's synthetic-only notice, if it has one: every page that shows or makes its outputs calls this."""
+    if model_ready(path):
+        notice = model_summary(path).notice
+        if notice:
+            st.warning(f"**{markup.text(notice)}**", icon=":material/science:")
+
+
+def model_line(path: Path) -> str:
+    """One Markdown line: the active model's file name and what it was trained on (escaped)."""
+    if not model_ready(path):
+        return f"Active model: none ({markup.text(path)} does not exist)"
+    summary = model_summary(path)
+    return f"Active model: **{markup.text(path.name)}**, trained on {markup.text(summary.trained_on)}"
+
+
 class Session:
     """What one browser session holds on the server: a folder for its uploads and a killable file reader."""
 
@@ -160,13 +200,14 @@ def session() -> Session:
 
 
 class BoundedCache:
-    """Arrays kept for a session by key, the least recently used dropped past `limit` bytes."""
+    """Arrays (or objects with a `values` array) kept for a session by key, the least recently used
+    dropped past `limit` bytes."""
 
     def __init__(self, limit: int = CACHE_BYTES) -> None:
         self.limit = limit
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
-    def get(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -178,7 +219,7 @@ class BoundedCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(v.nbytes for v in self._items.values())
+        return sum(getattr(v, "nbytes", None) or v.values.nbytes for v in self._items.values())
 
     def __len__(self) -> int:
         return len(self._items)

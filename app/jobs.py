@@ -2,9 +2,10 @@
 
 A training job is a `twoview train` process in its own session, so it outlives the browser tab
 (and the app); a small JSON record in a jobs folder (pid, run folder, command) lets a reload find it
-again. A batch job scans a folder and runs `predict_folder` in a thread, reporting its progress;
-its files are read in a killable child process (`pipeline.isolate`), so Cancel stops it at once,
-and its output is claimed at Start: one job per output file, and only a file of ours is shown.
+again. A batch job scans a folder and runs `predict_folder` in a thread of the app's process, which
+keeps a list of them, so a reload finds it the same way (`latest_batch`); its files are read in a
+killable child process (`pipeline.isolate`), so Stop ends it at once, and its output is claimed at
+Start: one job per output file, and only a file of ours is shown.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -23,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from models.atomic import write_atomic
+from pipeline.deidentify import Deidentifier
 from pipeline.errors import TwoviewError
 from pipeline.isolate import Cancelled, Isolated
 from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
@@ -35,6 +38,7 @@ __all__ = [
     "JobError",
     "TrainJob",
     "command_text",
+    "latest_batch",
     "latest_job",
     "list_jobs",
     "train_command",
@@ -45,6 +49,12 @@ logger = logging.getLogger(__name__)
 _POPEN: dict[int, subprocess.Popen] = {}  # children started by this process, so their exit can be read
 _OUTPUTS: set[Path] = set()  # outputs of the batch jobs running in this process
 _OUTPUTS_LOCK = threading.Lock()
+_BATCHES: list[BatchJob] = []  # every batch job this process started, oldest first
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal escapes a progress bar leaves in a log
+_BAR = re.compile(
+    r"[^|]*\|[^|]*\|\s*[\d?]+/[\d?]+ \[[^\]]*\]"
+)  # "Epoch 0:  50%|███  | 1/2 [00:01<00:01, ...]"
+_EPOCH_PROGRESS = re.compile(r"Epoch (\d+):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
 class JobError(TwoviewError):
@@ -161,16 +171,38 @@ class TrainJob:
     def best(self) -> Path:
         return self.run_path / "best.safetensors"
 
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the training log (progress bars' carriage returns folded)."""
+    def _log_end(self) -> str:
         path = self.run_path / "train.log"
         if not path.is_file():
             return ""
         with path.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
-        kept = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
-        return "\n".join([line for line in kept if line.strip()][-lines:])
+            return f.read().decode("utf-8", "replace")
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the training log with the progress bars taken out (they show as `progress`)."""
+        kept = []
+        for line in _ESCAPES.sub("", self._log_end()).split("\n"):
+            for part in line.split("\r"):
+                text = _BAR.sub("", part).strip()
+                if text and not text.endswith(":"):
+                    kept.append(text)
+        return "\n".join(kept[-lines:])
+
+    def progress(self) -> tuple[int, int, int] | None:
+        """(epoch counted from 1, batches done, batches in the epoch) from the log's last progress bar."""
+        found = _EPOCH_PROGRESS.findall(self._log_end())
+        if not found:
+            return None
+        epoch, _, done, total = found[-1]
+        return int(epoch) + 1, int(done), int(total)
+
+
+def latest_batch(batch_dir: str | Path) -> BatchJob | None:
+    """The running batch job writing into `batch_dir`, else the newest one there: a reload reattaches."""
+    folder = Path(batch_dir).resolve()
+    jobs = [job for job in reversed(_BATCHES) if job.output.is_relative_to(folder)]
+    return next((j for j in jobs if j.running), jobs[0] if jobs else None)
 
 
 def list_jobs(jobs_dir: str | Path) -> list[TrainJob]:
@@ -230,7 +262,10 @@ class BatchJob:
     error: str | None = None
     summary: PredictSummary | None = None
     started: float = field(default_factory=time.time)
+    predicting_since: float | None = None
+    done_before: int = 0  # studies already in the output when this job started (a resumed run)
     accepted: bool = False
+    deidentify: Deidentifier | None = field(default=None, repr=False)  # pseudonyms in the outputs
     reader: Isolated = field(default_factory=Isolated, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -263,20 +298,32 @@ class BatchJob:
             _OUTPUTS.add(self.output)
         try:
             with (
-                PredictionsFile(self.output, self.predictor.labels, self.predictor.thresholds),
+                PredictionsFile(self.output, self.predictor.labels, self.predictor.thresholds) as out,
                 ErrorsFile(self.errors_output),
             ):
                 self.accepted = True
+                self.done_before = len(out.done)
             self._thread = threading.Thread(target=self._run, name=f"batch {self.folder}", daemon=True)
             self._thread.start()
         except BaseException:
             self._release()
             raise
+        _BATCHES.append(self)
         return self
 
     def cancel(self) -> None:
         """Stop the job: the file being read is abandoned at once; rows already written stay."""
         self.reader.cancel()
+
+    def seconds_left(self, rows: int) -> float | None:
+        """An estimate of the time left in this phase, from the pace so far (None before there is one)."""
+        now = time.time()
+        if self.phase in ("starting", "scanning") and self.files_done and self.files_total:
+            return (self.files_total - self.files_done) * (now - self.started) / self.files_done
+        done = rows - self.done_before
+        if self.phase == "predicting" and self.predicting_since and done > 0:
+            return max(self.studies - rows, 0) * (now - self.predicting_since) / done
+        return None
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -287,6 +334,7 @@ class BatchJob:
             self.phase = "scanning"
             scan = scan_folder(self.folder, progress=self._scanned, runner=self.reader)
             self.studies = len(scan.studies)
+            self.predicting_since = time.time()
             self.phase = "predicting"
             self.summary = self._predict(scan)
             self.phase = "done"
@@ -311,7 +359,16 @@ class BatchJob:
             raise Cancelled
 
     def _predict(self, scan: ScanResult) -> PredictSummary:
-        return predict_folder(scan, self.output, predictor=self.predictor, workers=0, runner=self.reader)
+        if self.deidentify is not None:
+            self.deidentify = self.deidentify.under(self.folder)
+        return predict_folder(
+            scan,
+            self.output,
+            predictor=self.predictor,
+            workers=0,
+            runner=self.reader,
+            deidentify=self.deidentify,
+        )
 
 
 def command_text(command: Sequence[str]) -> str:

@@ -47,8 +47,11 @@ from pipeline.errors import (
 )
 
 __all__ = [
+    "ImageValues",
     "XrayImage",
     "read_image",
+    "read_values",
+    "shrink",
     "read_header",
     "is_dicom",
     "XRAY_MODALITIES",
@@ -1123,3 +1126,83 @@ def _describe(exc: BaseException) -> str:
     """A short one-line description of a library exception for a user-facing message."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+# --- a viewer's values -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageValues:
+    """An image's own grey values for a viewer (window/level), not the [0, 1] model range.
+
+    DICOM: modality values (after the Modality LUT, before any VOI); PNG/JPEG: the stored grey levels.
+    """
+
+    values: np.ndarray = field(repr=False)  # float32 [H, W]
+    path: Path
+    centre: float  # the file's first window, else the middle of the 0.5-99.5 percentile range
+    width: float
+    window_from: str  # where centre and width came from, in words
+    monochrome1: bool = False  # high values are dark: shown inverted by default
+
+
+def read_values(path: str | Path, max_side: int | None = None) -> ImageValues:
+    """Decode a radiograph's first frame into its own grey values, shrunk like `shrink` to `max_side`.
+
+    Raises an `ImageError` for any file that cannot be used (the same checks as `read_image`).
+    """
+    path = Path(path)
+    try:
+        if _sniff(path) == "dicom":
+            ds = _parse(path, stop_before_pixels=False)
+            notes: list[str] = []
+            _check_header(path, ds, notes)
+            _check_length(path, ds)
+            raw = _decode_first_frame(path, ds, notes)
+            photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+            grey = photometric in ("MONOCHROME1", "MONOCHROME2")
+            values = apply_modality_lut(raw, ds) if grey else raw
+            window = _file_window(ds) if grey else None
+            monochrome1 = photometric == "MONOCHROME1"
+        else:
+            with Image.open(path) as img:
+                _check_picture_size(path, img)
+                values, window, monochrome1 = _picture_array(img, []), None, False
+        values = shrink(np.asarray(values, dtype=np.float32), max_side)
+    except ImageError:
+        raise
+    except Exception as exc:  # the boundary, as in read_image
+        raise TruncatedPixelDataError(path, f"the image data cannot be decoded ({_describe(exc)})") from exc
+    if window is not None:
+        return ImageValues(values, path, *window, "the file's window (VOI)", monochrome1)
+    step = max(1, int(np.sqrt(values.size / _PERCENTILE_SAMPLES)))
+    low, high = np.percentile(values[::step, ::step], [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if not high > low:
+        low, high = float(values.min()), float(values.max()) + 1.0
+    centre, width = (low + high) / 2, high - low
+    return ImageValues(
+        values, path, float(centre), float(width), "the image's 0.5-99.5 percentiles", monochrome1
+    )
+
+
+def shrink(arr: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`arr` block-averaged by a whole factor so its long side is at most `max_side` (cut to whole blocks)."""
+    if max_side is None or max(arr.shape) <= max_side:
+        return arr
+    step = -(-max(arr.shape) // max_side)
+    rows, cols = (arr.shape[0] // step) * step, (arr.shape[1] // step) * step
+    blocks = arr[:rows, :cols].reshape(rows // step, step, cols // step, step)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def _file_window(ds: Dataset) -> tuple[float, float] | None:
+    """The first Window Center / Width pair of the file, if it has a usable one."""
+    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    try:
+        centre = float(
+            centre[0] if isinstance(centre, (list, tuple, pydicom.multival.MultiValue)) else centre
+        )
+        width = float(width[0] if isinstance(width, (list, tuple, pydicom.multival.MultiValue)) else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (centre, width) if np.isfinite(centre) and np.isfinite(width) and width > 0 else None

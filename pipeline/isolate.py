@@ -61,15 +61,9 @@ def read_pixels(path: str | Path, max_side: int | None = None) -> np.ndarray:
     What the app keeps to show and explain an image: a 16384-pixel film shrunk where it is decoded,
     so only the shrunk copy crosses back to the server.
     """
-    from pipeline.dicom import read_image
+    from pipeline.dicom import read_image, shrink
 
-    pixels = read_image(path).pixels
-    if max_side is None or max(pixels.shape) <= max_side:
-        return pixels
-    step = -(-max(pixels.shape) // max_side)
-    rows, cols = (pixels.shape[0] // step) * step, (pixels.shape[1] // step) * step
-    blocks = pixels[:rows, :cols].reshape(rows // step, step, cols // step, step)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    return shrink(read_image(path).pixels, max_side)
 
 
 class Isolated:

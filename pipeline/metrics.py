@@ -18,14 +18,23 @@ from torchmetrics.functional.classification import binary_auroc, binary_roc
 from models.names import OUTPUTS, ROUTES
 
 __all__ = [
+    "MIN_POSITIVES",
+    "MIN_STUDIES",
     "HeadMetrics",
     "EvaluationReport",
     "auroc_per_label",
     "bootstrap_auroc",
     "evaluation_report",
     "macro",
+    "small_validation_warning",
+    "unreliable_labels",
     "youden_thresholds",
 ]
+
+#: A validation set smaller than this many studies gives AUROCs and thresholds too noisy to trust.
+MIN_STUDIES = 50
+#: A label with fewer positive (or negative) studies than this has an AUROC and threshold too noisy to trust.
+MIN_POSITIVES = 10
 
 
 def _known(probs: Tensor, labels: Tensor, j: int) -> tuple[Tensor, Tensor]:
@@ -119,28 +128,46 @@ class EvaluationReport:
     thresholds: dict[str, float]
     route_counts: dict[str, int]
     notice: str | None = None  # the model's synthetic-only sentence, shown under the title
+    studies: int = 0  # validation studies
+    positives: dict[str, int] = field(default_factory=dict)  # studies labelled 1, per label
+    negatives: dict[str, int] = field(default_factory=dict)  # studies labelled 0, per label
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def unreliable(self) -> dict[str, str]:
+        """Labels whose AUROC and threshold are too noisy to trust, with why (see `unreliable_labels`)."""
+        return unreliable_labels(self.studies, self.positives, self.negatives, self.labels)
+
+    @property
+    def warning(self) -> str | None:
+        """One sentence saying the validation set is too small to trust, if it is."""
+        return small_validation_warning(self.studies, self.unreliable)
 
     def to_markdown(self, title: str = "Validation report") -> str:
         """The report as Markdown; the notice, if any, right under the title."""
         lines = [f"# {title}", ""]
         if self.notice:
             lines += [f"> **{self.notice}**", ""]
+        if self.warning:
+            lines += [f"> **Warning: {self.warning}**", ""]
         counts = ", ".join(f"{k}: {v}" for k, v in self.route_counts.items())
         lines += [f"Studies by route: {counts}.", ""]
-        lines += _table("AUROC by head (each head on the studies it ran on)", self.labels, self.heads)
-        lines += _table("AUROC of the final prediction by route", self.labels, self.routes)
+        shaky = self.unreliable
+        lines += _table("AUROC by head (each head on the studies it ran on)", self.labels, self.heads, shaky)
+        lines += _table("AUROC of the final prediction by route", self.labels, self.routes, shaky)
         lines += _table(
             "Two-view studies: the frontal head alone vs the joint head (what the lateral view adds)",
             self.labels,
             self.two_view_frontal_vs_joint,
+            shaky,
         )
         lines += ["## Thresholds (Youden's J on the final prediction)", ""]
-        lines += [f"- {name}: {value:.3f}" for name, value in self.thresholds.items()] or [
-            "- none could be chosen"
-        ]
+        lines += [
+            f"- {name}: {value:.3f}" + (f" (unreliable: {shaky[name]})" if name in shaky else "")
+            for name, value in self.thresholds.items()
+        ] or ["- none could be chosen"]
         return "\n".join(lines) + "\n"
 
 
@@ -150,11 +177,48 @@ def _fmt(value: float | None, ci: tuple[float, float] | None = None) -> str:
     return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
 
 
-def _table(title: str, labels: Sequence[str], rows: Mapping[str, HeadMetrics]) -> list[str]:
+def unreliable_labels(
+    studies: int, positives: Mapping[str, int], negatives: Mapping[str, int], labels: Sequence[str]
+) -> dict[str, str]:
+    """Labels whose validation AUROC and threshold are too noisy to trust -> why, in words.
+
+    Every label when there are fewer than `MIN_STUDIES` studies; else those with fewer than
+    `MIN_POSITIVES` positive or negative studies.
+    """
+    out = {}
+    for label in labels:
+        pos, neg = positives.get(label, 0), negatives.get(label, 0)
+        if studies < MIN_STUDIES:
+            out[label] = f"{studies} validation studies, fewer than {MIN_STUDIES}"
+        elif pos < MIN_POSITIVES:
+            out[label] = f"{pos} positive studies, fewer than {MIN_POSITIVES}"
+        elif neg < MIN_POSITIVES:
+            out[label] = f"{neg} negative studies, fewer than {MIN_POSITIVES}"
+    return out
+
+
+def small_validation_warning(studies: int, unreliable: Mapping[str, str]) -> str | None:
+    """The sentence a report (and the app) shows when some AUROCs and thresholds cannot be trusted."""
+    if not unreliable:
+        return None
+    if studies < MIN_STUDIES:
+        return (
+            f"validation has only {studies} studies (fewer than {MIN_STUDIES}): every AUROC and threshold "
+            "below is unreliable (marked ⚠); validate on more studies before using this model"
+        )
+    return (
+        f"too few positive or negative validation studies (fewer than {MIN_POSITIVES}) for "
+        f"{', '.join(unreliable)}: their AUROCs and thresholds are unreliable (marked ⚠)"
+    )
+
+
+def _table(
+    title: str, labels: Sequence[str], rows: Mapping[str, HeadMetrics], shaky: Mapping[str, str] = {}
+) -> list[str]:
     lines = [
         f"## {title}",
         "",
-        "| | n | " + " | ".join(labels) + " | macro |",
+        "| | n | " + " | ".join(f"{label} ⚠" if label in shaky else label for label in labels) + " | macro |",
         "|---" * (len(labels) + 3) + "|",
     ]
     for name, m in rows.items():
@@ -202,4 +266,7 @@ def evaluation_report(
         },
         thresholds=youden_thresholds(heads["final"], labels, names),
         route_counts={r: int(mask.sum()) for r, mask in route_index.items()},
+        studies=int(labels.shape[0]),
+        positives={name: int((labels[:, j] == 1).sum()) for j, name in enumerate(names)},
+        negatives={name: int((labels[:, j] == 0).sum()) for j, name in enumerate(names)},
     )

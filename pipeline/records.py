@@ -11,9 +11,13 @@ from pathlib import Path
 from models.names import OUTPUTS
 from pipeline.studies import SetAside
 
-__all__ = ["Probabilities", "StudyPrediction"]
+__all__ = ["DISAGREE_AT", "Probabilities", "StudyPrediction"]
 
 Probabilities = dict[str, float | None]
+
+#: The frontal and lateral heads disagree strongly on a label when their probabilities differ by this
+#: much or more: one view shows what the other does not, or one head is wrong; a reader should look.
+DISAGREE_AT = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,12 @@ class StudyPrediction:
         if name not in OUTPUTS:
             raise KeyError(f"unknown head {name!r}; choose one of: {', '.join(OUTPUTS)}")
         return getattr(self, name)
+
+    def disagreements(self, at: float = DISAGREE_AT) -> dict[str, tuple[float, float]]:
+        """Labels on which the frontal and lateral heads differ by `at` or more: label -> (frontal, lateral)."""
+        out = {}
+        for label, front in self.frontal.items():
+            side = self.lateral.get(label)
+            if front is not None and side is not None and abs(front - side) >= at:
+                out[label] = (front, side)
+        return out

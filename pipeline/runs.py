@@ -13,9 +13,18 @@ from pathlib import Path
 
 from models.atomic import atomic_open
 
-__all__ = ["attempt_dirs", "next_attempt", "read_metrics", "read_rows", "write_merged_metrics"]
+__all__ = [
+    "MONITOR",
+    "attempt_dirs",
+    "best_epoch",
+    "next_attempt",
+    "read_metrics",
+    "read_rows",
+    "write_merged_metrics",
+]
 
 Series = dict[str, list[tuple[int, float]]]
+MONITOR = "val/auroc"  # macro AUROC of the final prediction: what picks the best epoch
 
 
 def attempt_dirs(run_dir: Path) -> list[Path]:
@@ -69,6 +78,12 @@ def read_metrics(run_dir_or_csv: Path) -> Series:
             if math.isfinite(value):
                 series.setdefault(name, []).append((epoch, value))
     return series
+
+
+def best_epoch(series: Series, metric: str = MONITOR) -> tuple[int, float] | None:
+    """The epoch (counted from 0, as logged) with the highest `metric`, and that value; the first on ties."""
+    points = series.get(metric, [])
+    return max(points, key=lambda p: (p[1], -p[0])) if points else None
 
 
 def write_merged_metrics(run_dir: Path) -> Path:

@@ -43,7 +43,7 @@ from pipeline.evaluate import score
 from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.plots import plot_training_curves
-from pipeline.runs import next_attempt, write_merged_metrics
+from pipeline.runs import MONITOR, next_attempt, write_merged_metrics
 from pipeline.settings import TrainSettings
 from pipeline.start_model import build_start_model
 
@@ -60,7 +60,6 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB}")
 )
 
-MONITOR = "val/auroc"  # macro AUROC of the final prediction
 #: On a GPU, each view's rows are padded to a multiple of this (`TwoViewNet.shape_bucket`), so a batch of
 #: 64 gives cuDNN at most 8 shapes per branch to tune for instead of a new one nearly every step.
 SHAPE_BUCKET = 8

@@ -1,14 +1,18 @@
-"""Batch: predict every study in a folder on this server into a CSV or JSON Lines file, with live progress."""
+"""Batch: predict every study in a folder on this server into a CSV or JSON Lines file, with live progress,
+a time estimate and Stop; a reload (or another tab) finds the running job again."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from app import common, markup, paths
-from app.jobs import BatchJob
+from app.jobs import BatchJob, latest_batch
+from pipeline.deidentify import DEIDENTIFY_KEY_ENV, Deidentifier
 from pipeline.outputs import output_format
 
 state = st.session_state
@@ -38,8 +42,49 @@ def progress(job: BatchJob, rows: int) -> tuple[float, str]:
     if job.phase == "cancelled":
         return min(
             rows / max(job.studies, 1), 1.0
-        ), f"Cancelled: {rows} studies written (run it again to resume)"
+        ), f"Stopped: {rows} studies written (run it again to resume)"
     return 1.0, "Stopped by an error"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def short_id(text: object, keep: int = 12) -> str:
+    """A long id (a 64-character UID) cut to its last `keep` characters; the whole id is in the download."""
+    text = str(text)
+    return text if len(text) <= keep + 1 else f"…{text[-keep:]}"
+
+
+def readable(rows: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, object]:
+    """Short study ids, file names under the folder, each label's final probability; positives highlighted."""
+    labels = [c.removesuffix("_call") for c in rows.columns if c.endswith("_call")]
+    finals = [c for c in rows.columns if f"{c}_frontal" in rows.columns]
+    table = pd.DataFrame({"study": rows["study_id"].map(short_id), "route": rows["route"]})
+    for label in finals:
+        table[label] = rows[label]
+    for view in ("frontal", "lateral"):  # last: long paths would push the findings out of sight
+        table[view] = rows[f"{view}_file"].map(lambda p: "" if pd.isna(p) else short(str(p), folder))
+    threshold = {label: rows[f"{label}_threshold"] for label in labels}
+
+    def colour(column: pd.Series) -> list[str]:
+        if column.name not in finals:
+            return [""] * len(column)
+        limit = threshold.get(column.name, pd.Series(0.5, index=column.index))
+        return [
+            "background-color: #f8d7da; font-weight: bold" if v is not None and v >= t else ""
+            for v, t in zip(column, limit, strict=True)
+        ]
+
+    return table, table.style.apply(colour, axis=0).format(precision=3, subset=finals, na_rep="—")
+
+
+def short(path: str, folder: Path) -> str:
+    return path.removeprefix(f"{folder}/")
 
 
 def show_job(job: BatchJob) -> None:
@@ -48,19 +93,42 @@ def show_job(job: BatchJob) -> None:
     Only an output the job accepted as its own is shown or offered for download.
     """
     rows = read_table(job.output) if job.accepted else None
-    fraction, text = progress(job, 0 if rows is None else len(rows))
+    count = 0 if rows is None else len(rows)
+    fraction, text = progress(job, count)
+    if job.running:
+        left = job.seconds_left(count)
+        text += f" — about {duration(left)} left" if left is not None else " — estimating the time left…"
     st.progress(fraction, text=text)
-    if job.running and st.button("Cancel", key="batch_cancel"):
+    st.caption(
+        f"Folder {markup.text(job.folder)}, started {time.strftime('%H:%M:%S', time.localtime(job.started))}"
+    )
+    if job.running and st.button(
+        "Stop", key="batch_stop", help="Rows written so far stay; Start again resumes."
+    ):
         job.cancel()
     if job.error:
         st.error(markup.text(job.error))
-    if rows is not None:
+    if rows is not None and len(rows):
         st.markdown(f"#### Predictions ({len(rows)} studies) — {markup.text(job.output)}")
-        st.dataframe(rows, hide_index=True, width="stretch", height=320)
+        st.caption(
+            "Studies shortened to their last characters; positive calls in red; the download has everything."
+        )
+        _, styled = readable(rows, job.folder)
+        st.dataframe(styled, hide_index=True, width="stretch", height=320)
     aside = read_table(job.errors_output) if job.accepted else None
     if aside is not None and len(aside):
         st.markdown(f"#### Files set aside ({len(aside)})")
-        st.dataframe(aside[["path", "kind", "reason"]], hide_index=True, width="stretch")
+        shown = aside[["path", "kind", "reason"]].assign(
+            path=aside["path"].map(lambda p: short(str(p), job.folder))
+        )
+        st.dataframe(shown, hide_index=True, width="stretch")
+        st.download_button(
+            "Download the set-aside list",
+            job.errors_output.read_bytes(),
+            job.errors_output.name,
+            "text/csv",
+            key="batch_aside_download",
+        )
     if not job.running:
         if rows is not None:
             kind = output_format(job.output)
@@ -73,11 +141,17 @@ def show_job(job: BatchJob) -> None:
         state.batch_shown_running = True
 
 
-def start(folder: str, output: str, model: Path) -> None:
+def start(folder: str, output: str, model: Path, deidentify: bool) -> None:
     """Start a job on a folder inside the data folders, writing inside the app folder."""
     source = paths.readable_path(folder, "folder")
     target = paths.output_path(output, common.folder("batch"))
-    state.batch_job = BatchJob(source, target, common.predictor(model)).start()
+    keyed = Deidentifier.from_env() if deidentify else None
+    state.batch_job = BatchJob(source, target, common.predictor(model), deidentify=keyed).start()
+
+
+def current_job() -> BatchJob | None:
+    """This session's job, else the running (or newest) one of this app: a reload reattaches."""
+    return state.get("batch_job") or latest_batch(common.folder("batch"))
 
 
 def main() -> None:
@@ -89,19 +163,29 @@ def main() -> None:
         + ". The output goes into the app folder."
     )
     model = common.active_model()
+    st.markdown(common.model_line(model))
+    common.show_notice(model)
     ready = common.model_ready(model)
     if not ready:
         st.warning(common.no_model_message(model))
-    job: BatchJob | None = state.get("batch_job")
+    job = current_job()
     running = job is not None and job.running
     folder = st.text_input("Folder", value=str(paths.data_dirs()[0]), disabled=running)
     default_out = common.folder("batch") / "predictions.csv"
     output = st.text_input(
         "Output file (.csv or .jsonl; an existing file is resumed)", value=str(default_out)
     )
+    keyed = bool(os.environ.get(DEIDENTIFY_KEY_ENV))
+    deidentify = st.checkbox(
+        "De-identify the output",
+        key="batch_deidentify",
+        disabled=not keyed or running,
+        help="Study ids and paths written as keyed pseudonyms, the same as `twoview predict --deidentify` "
+        f"with the server's ${DEIDENTIFY_KEY_ENV}" + ("" if keyed else " (not set on this server)"),
+    )
     if st.button("Start", type="primary", disabled=running or not ready):
-        start(folder, output, model)
-        job = state.batch_job
+        start(folder, output, model, deidentify)
+        st.rerun()  # redraw the form with Start disabled
     if job is not None:
         st.fragment(show_job, run_every=1.0 if job.running else None)(job)
 

@@ -1,18 +1,23 @@
-"""Fine-tune: start `twoview train` on a manifest, watch loss and AUROC per head live, stop it, use the result."""
+"""Fine-tune: start `twoview train` on a manifest, watch loss and AUROC per head live (epoch by epoch and
+within the epoch), stop it, read the report (warned when validation is too small), use the result."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from app import common, markup, paths
 from app.jobs import TrainJob, command_text, latest_job, list_jobs
+from models.config import ModelConfig
 from models.names import OUTPUTS
 from pipeline.manifest import manifest_from_folder
-from pipeline.runs import read_metrics
+from pipeline.metrics import small_validation_warning, unreliable_labels
+from pipeline.runs import MONITOR, best_epoch, read_metrics
 from pipeline.settings import ARCHITECTURES, TrainSettings
 
 state = st.session_state
@@ -47,21 +52,83 @@ def curves(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return loss.sort_index(), auroc.sort_index()
 
 
+def planned_epochs(job: TrainJob) -> int:
+    """The epochs the run was started with (its command's --epochs, else the default)."""
+    words = job.command
+    if "--epochs" in words[:-1]:
+        try:
+            return int(words[words.index("--epochs") + 1])
+        except ValueError:
+            pass
+    return int(TrainSettings.defaults()["epochs"])
+
+
+def epoch_chart(frame: pd.DataFrame, title: str, epochs: int, domain: list[float] | None = None) -> alt.Chart:
+    """One line per column with a point per epoch, epochs counted from 1 on whole-number ticks."""
+    long = frame.reset_index().melt("epoch", var_name="series", value_name="value").dropna()
+    long["epoch"] = long["epoch"] + 1
+    return (
+        alt.Chart(long)
+        .mark_line(point=alt.OverlayMarkDef(size=60))
+        .encode(
+            x=alt.X(
+                "epoch:Q",
+                scale=alt.Scale(domain=[1, max(epochs, int(long["epoch"].max()), 2)]),
+                axis=alt.Axis(format="d", tickMinStep=1, title="epoch"),
+            ),
+            y=alt.Y("value:Q", title=title, scale=alt.Scale(domain=domain) if domain else alt.Undefined),
+            color=alt.Color("series:N", title=None),
+            tooltip=["epoch:Q", "series:N", alt.Tooltip("value:Q", format=".3f")],
+        )
+        .properties(height=260)
+    )
+
+
 def show_curves(job: TrainJob) -> None:
     loss, auroc = curves(job.run_path)
+    epochs = planned_epochs(job)
     left, right = st.columns(2)
     with left:
         st.markdown("**Loss**")
         if loss.dropna(how="all").empty:
             st.caption("No loss logged yet.")
         else:
-            st.line_chart(loss, x_label="epoch", y_label="loss")
+            st.altair_chart(epoch_chart(loss, "loss", epochs), width="stretch")
     with right:
         st.markdown("**Validation AUROC per head**")
         if auroc.dropna(how="all").empty:
             st.caption("No validation yet (it runs at the end of each epoch).")
         else:
-            st.line_chart(auroc, x_label="epoch", y_label="AUROC")
+            st.altair_chart(epoch_chart(auroc, "AUROC", epochs, [0.0, 1.0]), width="stretch")
+    best = best_epoch(read_metrics(job.run_path), MONITOR)
+    if best is not None:
+        st.markdown(
+            f"**Best epoch so far: {best[0] + 1}** (validation macro AUROC {best[1]:.3f}); "
+            "its weights are the run's best.safetensors."
+        )
+
+
+def show_progress(job: TrainJob) -> None:
+    """Where the running epoch is, read from the training log."""
+    found = job.progress()
+    epochs = planned_epochs(job)
+    if found is None:
+        st.progress(0.0, text="Starting: reading the data and building the model…")
+        return
+    epoch, done, total = found
+    st.progress(min(done / max(total, 1), 1.0), text=f"Epoch {epoch} of {epochs}: batch {done} of {total}")
+
+
+def validation_warning(job: TrainJob) -> str | None:
+    """The report's warning when validation was too small to trust its AUROCs and thresholds."""
+    try:
+        report = json.loads((job.run_path / "report.json").read_text())
+        unreliable = unreliable_labels(
+            int(report["studies"]), report["positives"], report["negatives"], report["labels"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return small_validation_warning(int(report["studies"]), unreliable)
 
 
 def show_job(job: TrainJob) -> None:
@@ -69,6 +136,8 @@ def show_job(job: TrainJob) -> None:
     state_name = job.state
     st.markdown(f"**Run** {markup.text(job.run_dir)} — **{state_name}** (pid {job.pid})")
     st.caption(markup.text(command_text(job.command)))
+    if state_name == "running":
+        show_progress(job)
     show_curves(job)
     with st.expander("Training log", expanded=state_name == "failed"):
         st.code(job.log_tail(30) or "(nothing yet)", language=None)
@@ -88,6 +157,9 @@ def show_outcome(job: TrainJob, state_name: str) -> None:
         st.error("Training ended without a report; see the training log above.")
         return
     report = job.report()
+    warning = validation_warning(job)
+    if warning:
+        st.warning(f"**Validation too small to trust**: {markup.text(warning)}", icon=":material/warning:")
     if report is None:
         st.warning("Training was stopped before it finished; no report was written.")
     else:
@@ -95,10 +167,13 @@ def show_outcome(job: TrainJob, state_name: str) -> None:
             st.markdown(demote_headings(markup.document(report)))
     if job.best.is_file():
         if common.active_model() == job.best:
-            st.success(f"{markup.text(job.best)} is the active model.")
-        elif st.button("Use this model", type="primary", key="use"):
+            st.success(f"{markup.text(job.best)} is the active model of this browser session.")
+        elif st.button("Use this model", type="primary", key="use", help="For this browser session only."):
             common.set_active_model(job.best)
-            st.success(f"{markup.text(job.best)} is now the active model.")
+            st.success(
+                f"{markup.text(job.best)} is now the active model of this browser session "
+                "(other users keep theirs)."
+            )
 
 
 def demote_headings(markdown: str) -> str:
@@ -126,22 +201,30 @@ def manifest_input() -> str | tuple[str, str] | None:
 def options_input(active: Path) -> dict[str, object]:
     """The hyper-parameters that matter, as `TrainSettings` fields; defaults come from `TrainSettings`."""
     default = TrainSettings.defaults()
+    start_name = st.selectbox("Starting model", list(STARTS), index=0)
+    start = STARTS[start_name]
+    arch = default["arch"]
+    start_size = ModelConfig().image_size
+    if start == "active":
+        start = str(active)
+        if common.model_ready(active):
+            start_size = common.model_config(active).image_size
+    elif start == "other":
+        start = st.text_input("Checkpoint path or URL", value="")
+    else:
+        arch = st.selectbox("Network", list(ARCHITECTURES))
     one, two, three, four = st.columns(4)
     epochs = one.number_input("Epochs", 1, 1000, default["epochs"])
     lr = two.number_input("Learning rate", 1e-6, 1.0, default["lr"], format="%.0e", step=1e-4)
     batch = three.number_input("Batch size", 1, 1024, default["batch_size"])
     size = None
     if four.checkbox("Set the image size", help="Otherwise the starting model's size is kept."):
-        size = int(four.number_input("Image size (px)", 32, 2048, 224, step=32))
-    start_name = st.selectbox("Starting model", list(STARTS), index=0)
-    start = STARTS[start_name]
-    arch = default["arch"]
-    if start == "active":
-        start = str(active)
-    elif start == "other":
-        start = st.text_input("Checkpoint path or URL", value="")
+        size = int(four.number_input("Image size (px)", 32, 2048, start_size, step=32))
     else:
-        arch = st.selectbox("Network", list(ARCHITECTURES))
+        known = start in ("imagenet", "scratch") or start == str(active)
+        four.caption(
+            f"Image size: the starting model's ({start_size} px)" if known else "Image size: the checkpoint's"
+        )
     one, two = st.columns(2)
     dropout = one.slider(
         "View dropout (share of two-view studies trained with one view)", 0.0, 1.0, default["view_dropout"]

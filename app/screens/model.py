@@ -1,7 +1,9 @@
-"""Model: the active model's card, and a picker among bundled, trained and uploaded checkpoints."""
+"""Model: the active model's card (with its model card's known limits and held-out AUROCs), and a picker
+among bundled, trained and uploaded checkpoints that changes this browser session's model only."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from app import common, markup
 from app.uploads import safe_name
 from models.checkpoint import check, describe
 from models.errors import ModelError
+from pipeline.modelcard import card_sections
 
 state = st.session_state
 
@@ -20,15 +23,22 @@ state = st.session_state
 def candidates() -> dict[str, Path]:
     """Every checkpoint the app knows, by a readable name."""
     found: dict[str, Path] = {}
+    seen: set[Path] = set()
+
+    def add(name: str, path: Path) -> None:
+        if path.resolve() not in seen:  # the default is often a bundled file: list it once
+            seen.add(path.resolve())
+            found[name] = path
+
     default = common.default_model()
     if default.is_file():
-        found[f"default: {default.name}"] = default
+        add(f"default: {default.name}", default)
     for path in sorted(common.BUNDLED_MODELS.glob("*.safetensors")):
-        found.setdefault(f"bundled: {path.name}", path)
+        add(f"bundled: {path.name}", path)
     for path in sorted(common.folder("runs").glob("*/best.safetensors"), reverse=True):
-        found[f"trained: {path.parent.name}"] = path
+        add(f"trained: {path.parent.name}", path)
     for path in sorted(common.folder("models").glob("*.safetensors")):
-        found[f"uploaded: {path.name}"] = path
+        add(f"uploaded: {path.name}", path)
     return found
 
 
@@ -37,9 +47,11 @@ def card(path: Path) -> None:
     info = describe(path)
     config = info["config"]
     provenance = config.get("provenance") or {}
+    summary = common.model_summary(path)
     st.markdown(
         f"{markup.text(path)} — {path.stat().st_size / 2**20:.1f} MB, saved {time.ctime(path.stat().st_mtime)}"
     )
+    st.markdown(f"**Trained on:** {markup.text(summary.trained_on)}")
     thresholds = config.get("thresholds") or {}
     aurocs = provenance.get("val_auroc") or {}
     st.dataframe(
@@ -56,6 +68,16 @@ def card(path: Path) -> None:
         hide_index=True,
         width="stretch",
     )
+    if summary.card:
+        limits = card_sections(summary.card, "known limits")
+        scores = card_sections(summary.card, "AUROC")
+        with st.container(border=True):
+            st.markdown("**From the model card**")
+            for part in (limits, scores):
+                if part:
+                    st.markdown(demote(markup.document(part)))
+            with st.expander("The whole model card"):
+                st.markdown(demote(markup.document(summary.card)))
     left, right = st.columns(2)
     with left:
         st.markdown("**Network**")
@@ -81,6 +103,11 @@ def card(path: Path) -> None:
             st.caption("No training record in this checkpoint (e.g. untrained or made by hand).")
 
 
+def demote(markdown: str) -> str:
+    """Card headings three levels down, so they sit under the page's own."""
+    return re.sub(r"^(#{1,3}) ", r"###\1 ", markdown, flags=re.MULTILINE)
+
+
 def facts(items: dict) -> str:
     """A markdown list of `name: value` lines (floats to 3 decimals); names and values are escaped."""
     return "\n".join(
@@ -97,9 +124,13 @@ def picker(active: Path) -> None:
     names = list(found)
     current = next((i for i, n in enumerate(names) if found[n] == active), 0)
     name = st.selectbox("Checkpoint", names, index=current)
+    st.caption(
+        "The model you choose is used by this browser session only (Predict, Batch, Fine-tune's "
+        "'the active model'); other users of this server keep theirs."
+    )
     one, two = st.columns(2)
     if one.button("Use this model", type="primary", disabled=found[name] == active):
-        check(found[name])  # the active model is every session's: one that would fail is never made active
+        check(found[name])  # a model that would fail at Predict is never made active
         common.set_active_model(found[name])
         st.rerun()
     if two.button("Back to the default model"):
@@ -135,6 +166,7 @@ def upload() -> None:
 def main() -> None:
     st.title("Model")
     active = common.active_model()
+    common.show_notice(active)
     st.markdown("#### Active model")
     if common.model_ready(active):
         with common.user_errors():

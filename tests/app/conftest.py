@@ -9,7 +9,6 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app import common
 from models.checkpoint import save
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
@@ -29,12 +28,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path) -> Path:
-    """The tiny model as TWOVIEW_MODEL, a fresh app folder, no model picked on the Model page."""
+    """The tiny model as TWOVIEW_MODEL and a fresh app folder (each AppTest session starts on the default model)."""
     monkeypatch.setenv("TWOVIEW_MODEL", str(tiny_model))
     monkeypatch.setenv("TWOVIEW_APP_DIR", str(tmp_path / "appdir"))
-    common.set_active_model(None)
-    yield tmp_path / "appdir"
-    common.set_active_model(None)
+    return tmp_path / "appdir"
 
 
 @pytest.fixture

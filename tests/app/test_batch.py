@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from app import common, markup
+from app.jobs import BatchJob, JobError
+from pipeline.deidentify import DEIDENTIFY_KEY_ENV
 from tests.app.conftest import SAMPLE, button, texts
 
 
@@ -53,11 +55,16 @@ def test_batch_predicts_the_sample_folder_and_lists_files_set_aside(open_page, a
     assert job.output == (app_env / "batch" / "run1.csv").resolve()
     predictions = at.dataframe[0].value
     assert len(predictions) == 24 and set(predictions["route"]) == {"joint", "frontal", "lateral"}
+    assert "study_id" not in predictions and "nodule_frontal" not in predictions  # the readable columns
     assert job.output.read_text().count("\n") == 25
     aside = at.dataframe[1].value
     assert len(aside) >= 1 and all(aside["reason"].str.len() > 0)
     assert any("Done" in str(p.proto.text) for p in at.get("progress"))
-    assert [b.label for b in at.get("download_button")] == ["Download the predictions"]
+    assert [b.label for b in at.get("download_button")] == [
+        "Download the set-aside list",
+        "Download the predictions",
+    ]
+    assert all(len(study) <= 13 for study in predictions["study"])  # short ids; the download has them whole
 
 
 def test_batch_reports_a_missing_folder(open_page):
@@ -114,9 +121,11 @@ def test_a_file_the_job_did_not_write_is_never_shown_served_or_changed(open_page
 def test_two_jobs_on_one_output_never_write_a_study_twice(open_page, app_env):
     """Two Batch jobs writing the same output produced every study twice."""
     first = start(open_page("batch"), str(SAMPLE), "shared.csv")
-    second = start(open_page("batch"), str(SAMPLE), "shared.csv")  # another session, same output
-    errors = texts(second, "error")
-    assert len(errors) == 1 and "being written by another" in errors[0]
+    second = open_page("batch")  # another session is shown the running job, and cannot start one
+    assert button(second, "Start").disabled and button(second, "Stop")
+    job = first.session_state["batch_job"]
+    with pytest.raises(JobError, match="being written by another"):
+        BatchJob(SAMPLE, job.output, job.predictor).start()
     wait_until_done(first)
     again = start(open_page("batch"), str(SAMPLE), "shared.csv")  # after the first: resumes, adds nothing
     wait_until_done(again)
@@ -135,13 +144,13 @@ def test_cancel_stops_the_job_and_a_rerun_resumes(open_page, app_env, monkeypatc
     monkeypatch.setenv("TWOVIEW_DATA_DIRS", str(data))
     at = start(open_page("batch"), str(data), "cancelled.csv")
     job = at.session_state["batch_job"]
-    button(at, "Cancel").click().run()
+    button(at, "Stop").click().run()
     deadline = time.monotonic() + 30
     while job.running and time.monotonic() < deadline:
         time.sleep(0.1)
     assert job.phase == "cancelled", job.phase
     at.run()
-    assert not at.exception and any("Cancelled" in str(p.proto.text) for p in at.get("progress"))
+    assert not at.exception and any("Stopped" in str(p.proto.text) for p in at.get("progress"))
     written = (app_env / "batch" / "cancelled.csv").read_text().count("\n") - 1
     assert written < 24
     again = wait_until_done(start(open_page("batch"), str(data), "cancelled.csv"), timeout=300)
@@ -156,3 +165,53 @@ def test_paths_and_messages_are_escaped(open_page, monkeypatch, tmp_path):
     at = open_page("batch")
     caption = texts(at, "caption")[0]
     assert markup.text(data) in caption and "![" not in caption
+
+
+def copies(tmp_path: Path, n: int = 8) -> Path:
+    data = tmp_path / "data"
+    for copy in range(n):  # copies of the sample studies (set aside as duplicates): a scan that takes a while
+        shutil.copytree(SAMPLE, data / f"copy{copy}")
+    return data
+
+
+def test_a_reload_during_a_run_shows_the_running_job_and_it_can_be_stopped(open_page, monkeypatch, tmp_path):
+    data = copies(tmp_path)
+    monkeypatch.setenv("TWOVIEW_DATA_DIRS", str(data))
+    first = start(open_page("batch"), str(data), "reload.csv")
+    job = first.session_state["batch_job"]
+    reloaded = open_page("batch")  # a reload is a new session: it finds the job of this app
+    assert "batch_job" not in reloaded.session_state
+    texts_shown = [str(p.proto.text) for p in reloaded.get("progress")]
+    assert len(texts_shown) == 1 and ("Reading files" in texts_shown[0] or "Predicting" in texts_shown[0])
+    assert "left" in texts_shown[0]  # an estimate, or that one is being made
+    assert button(reloaded, "Start").disabled
+    button(reloaded, "Stop").click().run()
+    deadline = time.monotonic() + 30
+    while job.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.phase == "cancelled"
+    assert any("Stopped" in str(p.proto.text) for p in reloaded.run().get("progress"))
+
+
+def test_the_time_left_follows_the_pace(app_env):
+    job = BatchJob.__new__(BatchJob)  # the estimate alone: no folder, no thread
+    job.phase, job.started, job.files_done, job.files_total = "scanning", time.time() - 10, 50, 150
+    assert job.seconds_left(0) == pytest.approx(20, rel=0.05)
+    job.phase, job.predicting_since, job.done_before, job.studies = "predicting", time.time() - 30, 10, 110
+    assert job.seconds_left(40) == pytest.approx(70, rel=0.05)  # 30 done in 30 s, 70 to go
+    assert job.seconds_left(10) is None
+
+
+def test_a_deidentified_batch_writes_the_predict_keys_pseudonyms(open_page, app_env, monkeypatch):
+    key = "k" * 32
+    monkeypatch.setenv(DEIDENTIFY_KEY_ENV, key)
+    at = open_page("batch")
+    at.checkbox(key="batch_deidentify").check()
+    wait_until_done(start(at, str(SAMPLE), "deid.csv"))
+    written = (app_env / "batch" / "deid.csv").read_text() + (
+        app_env / "batch" / "deid.errors.csv"
+    ).read_text()
+    assert "TV000000000" not in written and "ST00000" not in written
+    with (app_env / "batch" / "deid.csv").open(newline="") as f:
+        ids = {row["study_id"] for row in csv.DictReader(f)}
+    assert len(ids) == 24 and all(i.startswith("s") and len(i) == 17 for i in ids)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 
+import pyarrow as pa
 import pytest
 
 from app import common
@@ -49,9 +51,23 @@ def test_tiny_training_runs_reports_and_becomes_the_active_model(open_page):
     assert not at.exception, at.exception
     assert any(m.startswith("### Validation report") for m in texts(at, "markdown"))
     assert any("Validation AUROC" in m for m in texts(at, "markdown"))
+    assert any(m.startswith("**Best epoch so far: 1**") for m in texts(at, "markdown"))
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    for chart in charts:  # one epoch is a visible point, on an axis from 1
+        spec = json.loads(chart.proto.spec)
+        assert spec["mark"]["type"] == "line" and spec["mark"]["point"]
+        assert spec["encoding"]["x"]["axis"]["format"] == "d"
+        assert spec["encoding"]["x"]["scale"]["domain"][0] == 1
+        frames = [pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets]
+        assert {int(e) for frame in frames for e in frame["epoch"]} == {1}
+    [small] = [w for w in texts(at, "warning") if "Validation too small to trust" in w]
+    assert "fewer than 50" in small
+    assert "unreliable" in job.report()
+    assert "\r" not in job.log_tail(200) and "%|" not in job.log_tail(200)
     button(at, "Use this model").click().run()
-    assert common.active_model() == job.best
-    assert any("is now the active model" in s for s in texts(at, "success"))
+    assert at.session_state["active_model"] == str(job.best)
+    assert any("is now the active model of this browser session" in s for s in texts(at, "success"))
 
 
 def test_a_reload_reattaches_and_stop_ends_the_run(open_page):
@@ -128,3 +144,16 @@ def test_a_folder_and_labels_outside_the_data_folders_are_refused(open_page):
     button(at, "Start training").click().run()
     assert any("data folders" in e for e in texts(at, "error"))
     assert not list_jobs(common.folder("jobs"))
+
+
+def test_the_image_size_follows_the_starting_model_unless_set(open_page):
+    at = open_page("finetune")
+    widget(at.selectbox, "Starting model").set_value("the active model").run()
+    assert any("the starting model's (64 px)" in c for c in texts(at, "caption"))  # the tiny model's
+    widget(at.number_input, "Epochs").set_value(200)
+    widget(at.number_input, "Decoding workers").set_value(0)
+    button(at.run(), "Start training").click().run()
+    assert not at.exception, at.exception
+    [job] = list_jobs(common.folder("jobs"))
+    assert "--image-size" not in job.command
+    job.stop()

@@ -61,3 +61,29 @@ def test_batch_job_refuses_bad_paths_up_front(tmp_path):
         BatchJob(SAMPLE, tmp_path / "out.txt", predictor=None)
     with pytest.raises(TwoviewError, match="no such folder"):
         BatchJob(tmp_path / "missing", tmp_path / "out.csv", predictor=None)
+
+
+BAR = "\u2588" * 10
+LIGHTNING_LOG = (
+    "INFO lightning.pytorch.utilities.rank_zero: GPU available: False, used: False\n"
+    "\rSanity Checking: |          | 0/? [00:00<?, ?it/s]/venv/lightning/data_connector.py:378: "
+    "You have overridden `transfer_batch_to_device`\n"
+    f"\rSanity Checking DataLoader 0: 100%|{BAR}| 1/1 [00:00<00:00, 31.28it/s]\r\n"
+    "\rValidation: |          | 0/? [00:00<?, ?it/s]\x1b[A\n"
+    f"\r                                  \x1b[A\rEpoch 0: 100%|{BAR}| 2/2 [00:00<00:00,  4.20it/s, "
+    "v_num=pt-0, train/loss=3.210]\rEpoch 1:  50%|#####     | 3/6 [00:01<00:01, 2.1it/s, v_num=pt-0]\n"
+    "INFO pipeline.train: best model: run/best.safetensors (validation macro AUROC 0.183)\n"
+)
+
+
+def test_the_training_log_is_shown_without_progress_bars_and_their_progress_is_read(tmp_path):
+    (tmp_path / "train.log").write_text(LIGHTNING_LOG)
+    job = TrainJob("run", str(tmp_path), 1, [], 0.0)
+    log = job.log_tail(30)
+    assert "\r" not in log and "\x1b" not in log and "%|" not in log and BAR not in log
+    assert log.splitlines() == [
+        "INFO lightning.pytorch.utilities.rank_zero: GPU available: False, used: False",
+        "/venv/lightning/data_connector.py:378: You have overridden `transfer_batch_to_device`",
+        "INFO pipeline.train: best model: run/best.safetensors (validation macro AUROC 0.183)",
+    ]
+    assert job.progress() == (2, 3, 6)  # epoch 1 of Lightning is the second: counted from 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 
 from app import common, markup
 from models.checkpoint import save
-from models.config import ModelConfig
+from models.config import SYNTHETIC_NOTICE, ModelConfig
 from models.twoview import TwoViewNet
+from pipeline.predict import DEMO_MODEL
 from tests.app.conftest import button, texts
 from tests.hardening.attacks import pickle_bytes
 
@@ -51,10 +53,10 @@ def test_an_uploaded_checkpoint_can_become_the_active_model(open_page, tmp_path)
     assert "uploaded: mine.safetensors" in choice.options
     choice.set_value("uploaded: mine.safetensors").run()
     button(at, "Use this model").click().run()
-    assert common.active_model() == common.folder("models") / "mine.safetensors"
+    assert at.session_state["active_model"] == str(common.folder("models") / "mine.safetensors")
     assert list(at.dataframe[0].value["label"]) == ["a", "b"]
     button(at, "Back to the default model").click().run()
-    assert common.active_model() == common.default_model()
+    assert "active_model" not in at.session_state
 
 
 BIG = dict(
@@ -114,7 +116,7 @@ def test_a_bad_file_placed_in_the_models_folder_cannot_become_the_active_model(o
     at.selectbox[0].set_value("uploaded: placed.safetensors").run()
     button(at, "Use this model").click().run()
     assert any("173,471.2 M parameters" in e for e in texts(at, "error"))
-    assert common.active_model() == common.default_model()
+    assert "active_model" not in at.session_state
 
 
 def test_markup_in_checkpoint_metadata_and_labels_is_shown_as_text(open_page, tmp_path):
@@ -129,4 +131,54 @@ def test_markup_in_checkpoint_metadata_and_labels_is_shown_as_text(open_page, tm
     button(at, "Use this model").click().run()
     shown = [t for kind in ("markdown", "caption", "error", "success", "warning") for t in texts(at, kind)]
     assert any("\\!\\[p\\]" in t for t in shown) and any("\\[click\\]" in t for t in shown)
-    assert not [t for t in shown if "![" in t or "<img" in t or "](" in t]
+    assert not [t for t in shown if "![" in t or re.search(r"(?<!\\)<img", t) or "](" in t]
+    assert any("\\<img" in t for t in shown)  # trained_on is shown, escaped
+
+
+def test_choosing_a_model_changes_this_session_only(open_page, tmp_path):
+    other = save(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), tmp_path / "mine.safetensors")
+    mine = open_page("model")
+    mine.file_uploader(key="model_upload").upload("mine.safetensors", other.read_bytes()).run()
+    mine.selectbox[0].set_value("uploaded: mine.safetensors").run()
+    button(mine, "Use this model").click().run()
+    assert any("this browser session only" in c for c in texts(mine, "caption"))
+    theirs = open_page("predict")  # another user's session
+    assert any("tiny.safetensors" in m for m in texts(theirs, "markdown") if m.startswith("Active model"))
+    mine.switch_page("screens/predict.py").run()
+    assert any("mine.safetensors" in m for m in texts(mine, "markdown") if m.startswith("Active model"))
+
+
+def test_the_demo_model_is_listed_once(open_page, monkeypatch):
+    monkeypatch.setenv("TWOVIEW_MODEL", str(DEMO_MODEL))
+    at = open_page("model")
+    assert [o for o in at.selectbox[0].options if "demo.safetensors" in o] == ["default: demo.safetensors"]
+
+
+@pytest.mark.parametrize("page", ["predict", "batch", "model"])
+def test_the_synthetic_only_notice_is_on_screen_whenever_the_demo_model_is_active(
+    open_page, monkeypatch, page
+):
+    monkeypatch.setenv("TWOVIEW_MODEL", str(DEMO_MODEL))
+    at = open_page(page)
+    assert any(SYNTHETIC_NOTICE in w for w in (w.replace("\\", "") for w in texts(at, "warning")))
+
+
+def test_a_model_flagged_synthetic_only_carries_the_notice_and_a_real_one_does_not(open_page, tmp_path):
+    flagged = save(TwoViewNet(ModelConfig.tiny(synthetic_only=True)), tmp_path / "phantom.safetensors")
+    at = open_page("model")
+    assert not any("synthetic phantom images only" in w for w in texts(at, "warning"))  # the tiny model
+    at.file_uploader(key="model_upload").upload("phantom.safetensors", flagged.read_bytes()).run()
+    at.selectbox[0].set_value("uploaded: phantom.safetensors").run()
+    button(at, "Use this model").click().run()
+    assert any("synthetic phantom images only" in w for w in texts(at, "warning"))
+
+
+def test_the_demo_models_card_shows_its_known_limits_and_held_out_aurocs(open_page, monkeypatch):
+    monkeypatch.setenv("TWOVIEW_MODEL", str(DEMO_MODEL))
+    at = open_page("model")
+    card = (DEMO_MODEL.parent / "README.md").read_text()
+    shown = "\n".join(texts(at, "markdown"))
+    assert "Known limits" in shown and "Held-out test AUROC" in shown
+    first_row = next(line for line in card.splitlines() if line.startswith("| final |"))
+    assert first_row.split("|")[3].strip() in shown.replace("\\", "")  # a number read from the card
+    assert any(m.startswith("**Trained on:**") and "synthetic" in m for m in texts(at, "markdown"))

@@ -1,4 +1,5 @@
-"""The running app in headless Chromium: upload a two-view study, predict, see every head and a heatmap.
+"""The running app in headless Chromium: the landing page predicts a sample in one click; upload a two-view
+study, predict, see every head, the viewer and a heatmap; a reload during Batch finds the job and stops it.
 
 Uses the system Chromium (no browser download) and a full-size random-weight model, so the timings
 printed (press Predict -> results, toggle -> heatmaps) are those of a real DenseNet121 pair at 224 px.
@@ -7,6 +8,8 @@ printed (press Predict -> results, toggle -> heatmaps) are those of a real Dense
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,7 +62,10 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     torch.manual_seed(0)
     model = save(TwoViewNet(ModelConfig()), root / "full.safetensors")
     port = free_port()
-    env = {**os.environ, "TWOVIEW_APP_DIR": str(root / "appdir")}
+    data = root / "data"
+    for copy in range(6):  # copies of the samples (set aside as duplicates): a Batch scan that takes a while
+        shutil.copytree(STUDIES, data / f"copy{copy}")
+    env = {**os.environ, "TWOVIEW_APP_DIR": str(root / "appdir"), "TWOVIEW_DATA_DIRS": str(data)}
     command = [sys.executable, "-m", "pipeline.cli", "app", "--port", str(port), "--model", str(model)]
     log = (root / "app.log").open("wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -90,10 +96,16 @@ def browser():
 def page(browser, app_url):
     context = browser.new_context(viewport={"width": 1400, "height": 2400})
     page = context.new_page()
-    page.goto(app_url)
-    page.locator("input[type=file]").wait_for(state="attached", timeout=30_000)
+    to_uploads(page, app_url)
     yield page
     context.close()
+
+
+def to_uploads(page, url: str) -> None:
+    """Open Predict (which lands on a sample study) and switch it to uploads."""
+    page.goto(url)
+    page.get_by_text("Upload files").click()
+    page.locator("input[type=file]").wait_for(state="attached", timeout=30_000)
 
 
 def study_files(name: str) -> list[str]:
@@ -131,15 +143,19 @@ def test_upload_predict_heads_and_heatmap(page, tmp_path, browser, app_url):
     assert page.get_by_text("joint: both views").is_visible()
     page.screenshot(path=tmp_path / "predict.png", full_page=True)
 
+    page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(timeout=30_000)  # a viewer per image
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 2
     start = time.perf_counter()
     page.get_by_text("Grad-CAM heatmap").click()
-    page.get_by_text("Grad-CAM for pleural_effusion").nth(1).wait_for(timeout=60_000)
+    page.get_by_text("Grad-CAM of the joint head").nth(1).wait_for(timeout=60_000)
+    page.locator('[data-testid="stPlotlyChart"] .colorbar').nth(1).wait_for(
+        timeout=60_000
+    )  # the colour scale
     heat = time.perf_counter() - start
-    assert page.get_by_text("Grad-CAM for pleural_effusion").count() == 2
+    assert page.get_by_text("Grad-CAM of the joint head").count() == 2
     page.screenshot(path=tmp_path / "heatmap.png", full_page=True)
 
-    page.goto(app_url)  # a new session: the model is already loaded in the server process
-    page.locator("input[type=file]").wait_for(state="attached", timeout=30_000)
+    to_uploads(page, app_url)  # a new session: the model is already loaded in the server process
     page.locator("input[type=file]").set_input_files(study_files("TV000000001"))
     page.get_by_role("button", name="Predict").wait_for(timeout=30_000)
     warm = predict_seconds(page)
@@ -166,3 +182,30 @@ def test_a_broken_file_gets_a_message_and_the_rest_proceeds(page, tmp_path):
     predict_seconds(page)
     assert page.get_by_text("frontal only").is_visible()
     page.screenshot(path=tmp_path / "broken.png", full_page=True)
+
+
+def test_the_landing_page_predicts_its_sample_in_one_click(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1600})
+    page = context.new_page()
+    page.goto(app_url)
+    page.get_by_role("heading", name="twoview: chest X-ray findings from two views").wait_for(timeout=30_000)
+    assert "Active model: full.safetensors" in page.inner_text("body")
+    page.locator('[data-testid="stImage"] img').nth(1).wait_for(timeout=30_000)  # the rows' thumbnails
+    seconds = predict_seconds(page)
+    assert page.get_by_text("Study: sample TV000000000").is_visible()
+    print(f"\nlanding page, one click on Predict: {seconds:.2f} s")
+    context.close()
+
+
+def test_a_reload_during_batch_shows_the_running_job_and_stop_ends_it(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1600})
+    page = context.new_page()
+    page.goto(f"{app_url}/batch")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Stop").wait_for(timeout=30_000)
+    page.reload()  # a new session
+    page.get_by_text(re.compile(r"about .+ left|estimating the time left")).wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Start").is_disabled()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped:").wait_for(timeout=30_000)
+    context.close()

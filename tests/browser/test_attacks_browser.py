@@ -146,6 +146,8 @@ def open_page(browser, url: str, path: str = ""):
     context = browser.new_context(viewport={"width": 1400, "height": 2400})
     page = context.new_page()
     page.goto(f"{url}/{path}")
+    if not path:  # Predict opens on a sample study: switch to uploads
+        page.get_by_text("Upload files").click()
     page.locator("input[type=file]").wait_for(state="attached", timeout=60_000)
     return context, page
 
@@ -279,21 +281,23 @@ def test_markup_in_tags_labels_and_metadata_fetches_nothing(app, browser, server
         page.get_by_role("option", name="uploaded: marked.safetensors").click()
         page.get_by_role("button", name="Use this model").click()
         page.get_by_text("![p]").first.wait_for(timeout=60_000)  # the metadata shown as text
-        page.goto(url)
+        page.locator('[data-testid="stSidebarNav"]').get_by_text(
+            "Predict"
+        ).click()  # same session, same model
+        page.get_by_text("Upload files").click()
         page.locator("input[type=file]").wait_for(state="attached", timeout=60_000)
         page.locator("input[type=file]").set_input_files([str(refused), str(readable)])
         page.get_by_text("![M]").first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Predict").click()
         page.get_by_text("Route:").wait_for(timeout=60_000)
         page.get_by_text("Grad-CAM heatmap").click()
-        page.get_by_text("Grad-CAM for ![l]").first.wait_for(timeout=60_000)
+        page.get_by_role("combobox", name="Finding explained").click()
+        page.get_by_role("option").filter(has_text="![l]").click()
+        page.get_by_text("head for ![l]").first.wait_for(timeout=60_000)
         time.sleep(2.0)
         page.screenshot(path=tmp_path / "markup.png", full_page=True)
     finally:
-        page.goto(f"{url}/model")
-        page.get_by_role("button", name="Back to the default model").click()
-        time.sleep(1.0)
-        context.close()
+        context.close()  # the model chosen was this session's only
     assert hits == [], f"the browser fetched {hits}"
 
 

@@ -98,6 +98,7 @@ async def session(browser, url: str, files: list[str], start: asyncio.Barrier) -
     try:
         page = await context.new_page()
         await page.goto(url)
+        await page.get_by_text("Upload files").click(timeout=60_000)  # Predict lands on a sample study
         await page.locator("input[type=file]").set_input_files(files, timeout=60_000)
         button = page.get_by_role("button", name="Predict")
         await button.wait_for(timeout=60_000)

@@ -7,7 +7,17 @@ import json
 import pytest
 import torch
 
-from pipeline.metrics import auroc_per_label, bootstrap_auroc, evaluation_report, macro, youden_thresholds
+from pipeline.metrics import (
+    MIN_POSITIVES,
+    MIN_STUDIES,
+    auroc_per_label,
+    bootstrap_auroc,
+    evaluation_report,
+    macro,
+    small_validation_warning,
+    unreliable_labels,
+    youden_thresholds,
+)
 
 NAN = float("nan")
 
@@ -60,3 +70,39 @@ def test_report_splits_heads_and_routes():
     text = report.to_markdown()
     assert "| joint | 2 | 1.000 | 1.000 |" in text and "what the lateral view adds" in text
     assert json.loads(json.dumps(report.to_dict()))["thresholds"] == report.thresholds
+
+
+def report_for(studies: int, positives: int, labels=("a", "b")):
+    """A report on `studies` studies, `positives` of them positive for "a" and half positive for "b"."""
+    truth = torch.zeros(studies, len(labels))
+    truth[:positives, 0] = 1.0
+    truth[: studies // 2, 1] = 1.0
+    probs = truth * 0.8 + 0.1
+    heads = {"final": probs, "joint": probs, "frontal": probs, "lateral": probs}
+    return evaluation_report(heads, truth, ["joint"] * studies, list(labels))
+
+
+def test_a_small_validation_set_marks_every_auroc_and_threshold_unreliable():
+    """A report on 8 studies showed AUROC 1.000 and a 0.999 threshold with no warning."""
+    report = report_for(8, 4)
+    assert report.studies == 8 and report.positives == {"a": 4, "b": 4}
+    assert set(report.unreliable) == {"a", "b"} and "fewer than 50" in report.warning
+    text = report.to_markdown()
+    assert "> **Warning: validation has only 8 studies" in text
+    assert "| | n | a ⚠ | b ⚠ | macro |" in text
+    assert "- a: " in text and "(unreliable: 8 validation studies, fewer than 50)" in text
+
+
+def test_a_label_with_few_positives_is_unreliable_and_the_others_are_not():
+    report = report_for(60, 6)
+    assert report.unreliable == {"a": "6 positive studies, fewer than 10"}
+    assert "for a:" in report.warning
+    assert report_for(60, 30).warning is None
+    assert "⚠" not in report_for(60, 30).to_markdown()
+
+
+def test_the_reliability_rule_reads_a_saved_report():
+    saved = json.loads(json.dumps(report_for(60, 6).to_dict()))
+    unreliable = unreliable_labels(saved["studies"], saved["positives"], saved["negatives"], saved["labels"])
+    assert list(unreliable) == ["a"] and small_validation_warning(saved["studies"], unreliable)
+    assert (MIN_STUDIES, MIN_POSITIVES) == (50, 10)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
-from pipeline.runs import attempt_dirs, next_attempt, read_metrics, read_rows, write_merged_metrics
+from pipeline.runs import (
+    MONITOR,
+    attempt_dirs,
+    best_epoch,
+    next_attempt,
+    read_metrics,
+    read_rows,
+    write_merged_metrics,
+)
 
 
 def write_attempt(run, number: int, text: str) -> None:
@@ -39,3 +47,9 @@ def test_metrics_skip_blanks_and_non_finite_values(tmp_path):
     series = read_metrics(csv)
     assert series == {"val/auroc": [(0, 0.5), (1, 0.6)], "train/loss": [(1, 0.4)]}
     assert all(math.isfinite(v) for points in series.values() for _, v in points)
+
+
+def test_the_best_epoch_is_the_highest_monitored_value_first_on_ties():
+    series = {MONITOR: [(0, 0.6), (1, 0.8), (2, 0.8), (3, 0.7)], "val/loss": [(0, 1.0)]}
+    assert best_epoch(series) == (1, 0.8)
+    assert best_epoch({"val/loss": [(0, 1.0)]}) is None
