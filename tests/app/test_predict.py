@@ -162,25 +162,40 @@ def real_pair(tmp_path) -> tuple[bytes, bytes]:
     return (tmp_path / "a.jpg").read_bytes(), (tmp_path / "b.jpg").read_bytes()
 
 
-def test_a_real_pair_under_neutral_names_is_never_predicted_with_an_unconfirmed_view(open_page, real_pair):
-    """The app used to predict "frontal only" on a real lateral film called b.jpg."""
+def test_a_real_pair_under_neutral_names_is_never_predicted_with_a_wrong_view(open_page, real_pair):
+    """The app used to predict "frontal only" on a real lateral film called b.jpg. Now each view is
+    either the right one or left for the user to choose, and Predict waits for that choice."""
     frontal, lateral = real_pair
+    truth = {"a.jpg": "frontal", "b.jpg": "lateral"}
     at = open_page("predict")
     at.radio(key="mode").set_value("Upload files").run()
     at.file_uploader[0].upload("a.jpg", frontal, "image/jpeg").upload("b.jpg", lateral, "image/jpeg").run()
     controls = view_controls(at)
-    assert set(controls) == {"a.jpg", "b.jpg"}
-    assert all(c.value is None for c in controls.values())  # nothing chosen for the user
-    assert button(at, "Predict").disabled
-    assert any("Confirm the view of 2 file(s)" in w for w in texts(at, "warning"))
-    set_view(at, "a.jpg", "frontal")
-    assert button(at, "Predict").disabled  # b.jpg is still unconfirmed
-    set_view(at, "b.jpg", "lateral")
+    assert set(controls) == set(truth)
+    assert all(c.value in (None, truth[name]) for name, c in controls.items())  # never a wrong guess
+    unconfirmed = [name for name, c in controls.items() if c.value is None]
+    assert button(at, "Predict").disabled == bool(unconfirmed)
+    for name in unconfirmed:
+        set_view(at, name, truth[name])
     assert not button(at, "Predict").disabled
     predict(at)
     assert any("joint: both views" in m for m in texts(at, "markdown"))
     assert captions(at) == ["frontal: a.jpg", "lateral: b.jpg"]
     assert f"#### Study: {markup.text('a.jpg + b.jpg')}" in texts(at, "markdown")
+
+
+def test_a_picture_the_classifier_cannot_place_waits_for_the_user(open_page):
+    """Noise is no chest film: its view starts unset, the warning says so, Predict waits for the choice."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (200, 160), dtype=np.uint8)).save(buffer, "PNG")
+    at = open_page("predict")
+    at.radio(key="mode").set_value("Upload files").run()
+    at.file_uploader[0].upload("b.png", buffer.getvalue(), "image/png").run()
+    assert view_controls(at)["b.png"].value is None  # nothing chosen for the user
+    assert button(at, "Predict").disabled
+    assert any("Confirm the view of 1 file(s)" in w for w in texts(at, "warning"))
+    set_view(at, "b.png", "lateral")
+    assert not button(at, "Predict").disabled
 
 
 def test_views_that_need_confirmation_are_those_of_view_decision(open_page, real_pair):
