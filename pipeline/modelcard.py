@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.config import SYNTHETIC_NOTICE, ModelConfig
+from models.config import ModelConfig
 from pipeline.predict import DEMO_MODEL
 
 __all__ = ["CARD_NAME", "ModelSummary", "card_sections", "summarise"]
@@ -35,13 +35,9 @@ class ModelSummary:
 
 
 def summarise(path: str | Path, config: ModelConfig) -> ModelSummary:
-    """What `path` (whose config is `config`) was trained on, its notice and its card.
-
-    The bundled demo model carries the notice even when its checkpoint predates `synthetic_only`:
-    its card says it knows only synthetic phantoms.
-    """
+    """What `path` (whose config is `config`) was trained on, its notice and its card."""
     path = Path(path)
-    notice = config.notice or (SYNTHETIC_NOTICE if _same(path, DEMO_MODEL) else None)
+    notice = config.notice
     words = config.trained_on
     if not words:
         provenance = config.provenance or {}

@@ -265,7 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=96, help="the prepared input's side")
     p.add_argument("--resolutions", type=int, nargs="+", default=[20, 24, 24, 32], help="one member each")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--draws", type=int, default=4, help="augmented copies of each film")
+    p.add_argument("--draws", type=int, default=6, help="augmented copies of each film")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -119,3 +119,12 @@ def study_folder(tmp_path: Path) -> Path:
         root / "p3" / "deep" / "er" / "x", study_uid="1.2.3", view_position="LATERAL", patient_id="P3"
     )
     return root
+
+
+def phantom_film(view: str, seed: int = 5) -> np.ndarray:
+    """A 12-bit phantom film of `view` ("frontal" or "lateral") from a patient training never saw."""
+    from sample_data.anatomy import random_patient
+    from sample_data.phantom import simulate
+
+    films = simulate(random_patient(np.random.default_rng([seed, 77])), size=192, views=(view,))
+    return np.round(getattr(films, view) * 4000).astype(np.uint16)

@@ -9,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import torch
@@ -18,7 +19,7 @@ from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline import cli
 from pipeline.deidentify import DEIDENTIFY_KEY_ENV, Deidentifier, DeidentifyError
-from tests.pipeline.conftest import write_dicom, write_png
+from tests.pipeline.conftest import phantom_film, write_dicom, write_png
 
 NAME = "ZZSENTINEL^PATIENTNAME"  # PatientName in every file
 FOLDER = "Sentinel_Doe_John"  # a patient-named folder
@@ -57,7 +58,9 @@ def archive(tmp_path_factory) -> Path:
     _tag(write_dicom(patient / "study2" / "img", study_uid="1.2.840.99.2", modality="", seed=4, **common))
     cut = _tag(write_dicom(patient / "study3" / "pa.dcm", study_uid="1.2.840.99.3", seed=5, **common))
     cut.write_bytes(cut.read_bytes()[:3000])
-    write_png(patient / "loose" / "ZZSENTINEL_chest.png")
+    write_png(
+        patient / "loose" / "ZZSENTINEL_chest.png", phantom_film("frontal").astype(np.float32) / 4000 * 255
+    )
     return root
 
 

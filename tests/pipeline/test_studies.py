@@ -24,7 +24,7 @@ from pipeline.studies import (
     scan_folder,
 )
 from pipeline.views import View
-from tests.pipeline.conftest import write_dicom, write_png
+from tests.pipeline.conftest import phantom_film, write_dicom, write_png
 
 
 def by_id(result: ScanResult) -> dict[str, Study]:
@@ -151,15 +151,6 @@ def test_unknown_view_set_aside(tmp_path: Path) -> None:
     (aside,) = study.set_aside
     assert aside.kind == "unknown_view"
     assert aside.reason == "unknown view: ViewPosition tag is 'RAO', an oblique view"
-
-
-def phantom_film(view: str, seed: int = 5) -> np.ndarray:
-    """A 12-bit phantom film of `view` ("frontal" or "lateral") from a patient training never saw."""
-    from sample_data.anatomy import random_patient
-    from sample_data.phantom import simulate
-
-    films = simulate(random_patient(np.random.default_rng([seed, 77])), size=192, views=(view,))
-    return np.round(getattr(films, view) * 4000).astype(np.uint16)
 
 
 def test_pixels_decoded_only_when_tags_do_not_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
