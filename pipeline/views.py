@@ -3,7 +3,7 @@
 Evidence, strongest first: ViewPosition, the View Code Sequence, Patient Orientation, the series
 and protocol descriptions, the file name, and last the image itself, read by a small learned view
 classifier (`pipeline.view_classifier`) that abstains below its calibrated threshold. A user's
-choice overrides all of it.
+choice overrides all of it (`studies.assemble_studies`).
 """
 
 from __future__ import annotations
@@ -45,16 +45,6 @@ class ViewDecision(NamedTuple):
     reason: str
     confidence: float
 
-    @classmethod
-    def override(cls, view: View | str) -> ViewDecision:
-        """A decision the user made: always wins, reason "set by user"."""
-        return cls(View(view), "set by user", 1.0)
-
-    @property
-    def known(self) -> bool:
-        """True when a view was decided."""
-        return self.view is not None
-
     @property
     def needs_confirmation(self) -> bool:
         """True when a person should confirm the view before it routes a prediction (see CONFIRM_BELOW)."""
@@ -87,7 +77,7 @@ VIEW_POSITIONS: dict[str, View] = {
     "LATERAL": View.LATERAL,
     "LEFT LATERAL": View.LATERAL,
     "RIGHT LATERAL": View.LATERAL,
-    "LLD": View.LATERAL,  # left/right lateral decubitus, mapped to lateral as the issue asks
+    "LLD": View.LATERAL,  # left/right lateral decubitus: lateral, at lower confidence (_CONF_DECUBITUS)
     "RLD": View.LATERAL,
 }
 _OBLIQUE_POSITIONS = {"RAO", "LAO", "RPO", "LPO", "RLO", "LLO", "OBL", "OBLIQUE"}

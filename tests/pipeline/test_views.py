@@ -1,4 +1,4 @@
-"""pipeline.views: each kind of evidence, its priority, the user override, and the pixel step."""
+"""pipeline.views: each kind of evidence, its priority, and the pixel step."""
 
 from __future__ import annotations
 
@@ -142,16 +142,9 @@ def test_tags_outrank_orientation_and_descriptions() -> None:
     assert detect_view(image).view is L
 
 
-def test_override_is_set_by_user() -> None:
-    assert ViewDecision.override("lateral") == (L, "set by user", 1.0)
-    assert ViewDecision.override(View.FRONTAL).view is F
-    with pytest.raises(ValueError):
-        ViewDecision.override("oblique")
-
-
 def test_no_evidence_at_all_is_unknown() -> None:
     decision = detect_view(_image())
-    assert decision.view is None and decision.confidence == 0.0 and not decision.known
+    assert decision.view is None and decision.confidence == 0.0
 
 
 def test_rg1_without_tags_is_frontal_from_pixels(rg1_untagged: list[XrayImage]) -> None:
@@ -176,7 +169,7 @@ def test_rg1_on_its_side_is_not_called_a_view(rg1_untagged: list[XrayImage]) -> 
 )
 def test_blank_or_noise_is_unknown_with_the_reason(pixels: np.ndarray) -> None:
     decision = detect_view(_image(pixels))
-    assert decision.view is None and not decision.known
+    assert decision.view is None
     assert decision.reason.startswith("no view tags") and decision.reason.endswith("confirm the view")
 
 
@@ -200,4 +193,4 @@ def test_views_from_weak_evidence_ask_for_confirmation():
     assert ViewDecision(None, "no tags", 0.0).needs_confirmation
     assert ViewDecision(L, "file name", 0.7).needs_confirmation
     assert not ViewDecision(F, "ViewPosition PA", 0.98).needs_confirmation
-    assert not ViewDecision.override("lateral").needs_confirmation
+    assert not ViewDecision(L, "set by the user", 1.0).needs_confirmation
