@@ -46,7 +46,7 @@ pytestmark = [
     ),
 ]
 
-LIMIT = int(1.5 * GiB)  # the bound on the server's peak RSS above idle, for every upload attack
+LIMIT = int(1.5 * GiB)  # the bound on the server's peak RSS above idle, for every upload attack
 RESULTS: list[tuple[str, str, float, float, float]] = []  # attack, message, seconds, server MiB, readers MiB
 BIG = dict(
     init_features=1024, growth_rate=256, block_config=(128, 128, 128, 128), bn_size=16, fusion_layers=64

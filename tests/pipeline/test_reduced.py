@@ -33,7 +33,7 @@ REAL_DEV = Path(
     os.environ.get("TWOVIEW_REAL_DEV", Path(__file__).resolve().parents[2] / "../shared/real-dev")
 )
 SAMPLE_STUDIES = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
-PROBABILITY_TOLERANCE = 0.02  # the bound on |reduced - full| per head and label
+PROBABILITY_TOLERANCE = 0.02  # the allowed |reduced - full| per head and label
 SIZE = 64  # the model input size of these tests
 
 
