@@ -23,7 +23,6 @@ from models.viewnet import ViewNet, load_viewnet
 __all__ = [
     "VIEW_CLASSIFIER",
     "ViewScores",
-    "abstention_threshold",
     "calibrated_probabilities",
     "classify",
     "decide",
@@ -49,12 +48,6 @@ class ViewScores:
 
     probabilities: dict[str, float]
     threshold: float
-
-    @property
-    def best(self) -> tuple[str, float]:
-        """The most probable class and its probability."""
-        name = max(self.probabilities, key=self.probabilities.__getitem__)
-        return name, self.probabilities[name]
 
     @property
     def chest_film(self) -> bool:
@@ -89,11 +82,6 @@ def _load(path: Path) -> ViewNet:
 def load_classifier(path: str | Path | None = None) -> ViewNet:
     """The view classifier at `path` (default: the bundled one), loaded once per process and path."""
     return _load(Path(path) if path is not None else _weights_path())
-
-
-def abstention_threshold(path: str | Path | None = None) -> float:
-    """The least calibrated probability at which the classifier decides; below it the user confirms."""
-    return load_classifier(path).config.threshold
 
 
 def prepare(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from pipeline.view_classifier import VIEW_CLASSIFIER, decide, flip_averaged_logi
 from sample_data.view_set import CLASSES, Films, augment, other_film, render_films
 
 log = logging.getLogger("train_view_classifier")
-_VAL_STREAM, _TEST_STREAM = 1, 2  # seed offsets of the held-out patient sets
+_VAL_STREAM = 1  # seed offset of the validation patients (bench/views.py tests on seed 2026)
 
 
 def _render(chunk: tuple[int, int, int, int]) -> Films:

@@ -12,7 +12,7 @@ import pytest
 from models.viewnet import ViewNet, ViewNetConfig, save_viewnet
 from pipeline import view_classifier
 from pipeline.dicom import read_image
-from pipeline.view_classifier import VIEW_CLASSIFIER, abstention_threshold, classify, load_classifier, prepare
+from pipeline.view_classifier import VIEW_CLASSIFIER, classify, load_classifier, prepare
 from pipeline.views import detect_view
 
 REAL_DEV = Path(
@@ -35,7 +35,6 @@ def test_bundled_weights_are_small_calibrated_and_loaded_once() -> None:
     config = model.config
     assert config.classes == ("frontal", "lateral", "other")
     assert 0.5 < config.threshold < 1.0 and config.temperature > 0
-    assert abstention_threshold() == config.threshold
     assert {"seed", "train_patients", "val_confusion"} <= set(config.provenance)
 
 
@@ -54,12 +53,16 @@ def test_prepare_keeps_aspect_and_ignores_exposure() -> None:
 def test_classify_is_deterministic_mirror_symmetric_and_exposure_robust(frontal_film: np.ndarray) -> None:
     first = classify(frontal_film)
     assert classify(frontal_film) == first
-    assert first.best[0] == "frontal" and sum(first.probabilities.values()) == pytest.approx(1.0)
+    assert (
+        first.chest_film
+        and first.view[0] == "frontal"
+        and sum(first.probabilities.values()) == pytest.approx(1.0)
+    )
     mirrored = classify(np.ascontiguousarray(frontal_film[:, ::-1])).probabilities
     for name, p in first.probabilities.items():
         assert mirrored[name] == pytest.approx(p, abs=1e-4)
     darker = classify(frontal_film**1.6)  # another look-up table
-    assert darker.best[0] == "frontal"
+    assert darker.view[0] == "frontal"
 
 
 def test_another_weights_file_can_be_named(
