@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from models import pretrained
+from models import checkpoint, pretrained
 from models.config import ModelConfig
 from models.pretrained import PinnedWeights
 from models.twoview import TwoViewNet
@@ -78,3 +78,14 @@ def test_without_a_network_the_run_says_what_it_used_and_how_to_choose(tmp_path,
 def test_the_demo_start_is_still_there_by_name():
     net = build_start_model(settings(start="demo", arch="densenet121", image_size=None), LABELS)
     assert net.config.labels == LABELS and net.config.provenance["start"] == "demo"
+
+
+def test_a_checkpoint_start_trains_in_training_mode(tmp_path):
+    """A loaded checkpoint is in eval mode; Lightning keeps a module's mode, so batch norm would fine-tune on
+    frozen statistics (and dropout stay off) unless the start switches it back."""
+    path = tmp_path / "start.safetensors"
+    checkpoint.save(TwoViewNet(ModelConfig.tiny(labels=LABELS)), path)
+    assert not checkpoint.load(path).training
+    for labels in (LABELS, ("effusion",)):  # the same heads, and fresh heads for other labels
+        net = build_start_model(settings(start=str(path), arch="densenet121", image_size=None), labels)
+        assert all(module.training for module in net.modules())
