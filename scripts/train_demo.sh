@@ -32,7 +32,8 @@ elif [ ! -f "$work/run/report.md" ]; then
     --view-dropout 0.25 --patience 4 --precision "${PRECISION:-bf16-mixed}" --workers "${WORKERS:-2}"
 fi
 twoview evaluate --manifest "$work/test/labels.csv" --model "$work/run/best.safetensors" -o "$work/eval" --bootstrap 1000
-python - "$work/run/best.safetensors" sample_data/models/demo.safetensors "$studies" <<'PY'
+start_words=$([ -z "${START:-}" ] && echo "the first demo model (git $previous_demo), itself trained on an earlier, simpler phantom" || echo "$start")
+python - "$work/run/best.safetensors" sample_data/models/demo.safetensors "$studies" "$start_words" <<'PY'
 import sys, torch
 from dataclasses import replace
 from models.checkpoint import load, save
@@ -40,9 +41,9 @@ net = load(sys.argv[1])
 p = net.config.provenance
 trained_on = (
     f"{p['train_studies']:,} synthetic phantom studies (twoview sample-data --seed 1000 --size 512, split by "
-    f"patient from {int(sys.argv[3]):,}), fine-tuned from the first demo model (itself trained on an earlier, "
-    "simpler phantom); no real radiograph"
+    f"patient from {int(sys.argv[3]):,}), starting from {sys.argv[4]}; no real radiograph"
 )
-save(net, sys.argv[2], config=replace(net.config, trained_on=trained_on, synthetic_only=True), dtype=torch.float16)
+config = replace(net.config, trained_on=trained_on, synthetic_only=True, provenance={**p, "start": sys.argv[4]})
+save(net, sys.argv[2], config=config, dtype=torch.float16)
 print("demo model written to", sys.argv[2])
 PY
