@@ -14,6 +14,7 @@ ceiling) and, without a GPU here, the data path per core times 16 against the H2
 measured on 2026-11-30 (a projection, not a measurement). `--memory 50 500` also prints peak RSS.
 
     python bench/predict.py [--device cpu] [--studies 24] [--workers N] [--batch-size 8] [--rounds 3]
+    python bench/predict.py --first-batch 5     # only the fresh-process start, five times
 """
 
 from __future__ import annotations
@@ -154,11 +155,18 @@ def decode_per_core(studies: tuple[Study, ...], config: ModelConfig) -> float:
         torch.set_num_threads(threads)
 
 
-def first_batch(folder: Path, checkpoint: Path, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+#: `twoview predict` with MONAI imported whole first (so `models.monai_import` cannot trim it): the before.
+_FULL_MONAI = "import sys, monai; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def first_batch(
+    folder: Path, checkpoint: Path, args: argparse.Namespace, out: Path, *, full_monai: bool = False
+) -> tuple[float, float]:
     """Seconds from starting `python -m pipeline.cli predict` to its first written row, and to its end."""
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
-    command = [sys.executable, "-m", "pipeline.cli", "predict", str(folder), "--model", str(checkpoint)]
+    entry = ["-c", _FULL_MONAI] if full_monai else ["-m", "pipeline.cli"]
+    command = [sys.executable, *entry, "predict", str(folder), "--model", str(checkpoint)]
     command += ["-o", str(out), "--device", args.device, "--batch-size", str(args.batch_size)]
     command += ["--workers", str(args.workers)]
     start = time.perf_counter()
@@ -224,6 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--memory", type=int, nargs="*", default=[], help="study counts for peak RSS, e.g. 50 500"
     )
+    parser.add_argument(
+        "--first-batch",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="only time `python -m pipeline.cli predict` to its first batch, RUNS times, against the same "
+        "command with MONAI imported whole",
+    )
     args = parser.parse_args(argv)
     naive = args.device == "cpu" if args.naive is None else args.naive
     torch.manual_seed(0)
@@ -233,6 +249,22 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(name)
         sources = templates(tmp / "seed", args.side, args.compression == "none")
         folder = write_studies(tmp / "studies", args.studies, sources)
+        if args.first_batch:
+            checkpoint = save(model, tmp / "model.safetensors")
+            starts: dict[str, list[float]] = {"twoview": [], "MONAI imported whole": []}
+            for _ in range(args.first_batch):  # interleaved
+                for name, full in (("twoview", False), ("MONAI imported whole", True)):
+                    starts[name].append(
+                        first_batch(folder, checkpoint, args, tmp / "cli.csv", full_monai=full)[0]
+                    )
+            print(
+                f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}: seconds to the first written batch"
+            )
+            for name, values in starts.items():
+                print(
+                    f"  {name:<21} median {statistics.median(values):.2f} s  (range {min(values):.2f}-{max(values):.2f})"
+                )
+            return
         studies = scan_folder(folder).studies
         per_core = decode_per_core(studies, model.config)
         batches = [b.batch for b in predictor.batches(studies, batch_size=args.batch_size, workers=0)]

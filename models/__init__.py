@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import importlib
 
+from models import monai_import
+
+monai_import.install()  # before any of our modules imports MONAI
+
 _WHERE = {
     "DEFAULT_LABELS": "models.config",
     "HEADS": "models.names",

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from models.atomic import atomic_path
 from models.config import ModelConfig
@@ -166,10 +167,55 @@ def check(path: str | os.PathLike) -> ModelConfig:
     return config
 
 
+class _MetaShortcuts(TorchFunctionMode):
+    """On meta tensors (shapes, no values): random initialisation skipped, and the output shape alone for
+    the ops our network uses whose meta kernels are Python references (batch norm, relu, dropout,
+    adaptive pooling, linear, cat). Those references' first use imports torch._dynamo: 1-1.6 s of
+    every command's start, for nothing. `tests/models/test_checkpoint.py` checks the shapes agree.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        first = args[0] if args else None
+        if isinstance(first, (list, tuple)) and first and func is torch.cat:
+            first = first[0]
+        if isinstance(first, torch.Tensor) and first.is_meta:
+            if func in _INITIALISERS:
+                return args[0]
+            if func in _SHAPE_KEEPING:
+                return torch.empty_like(args[0])
+            if func is torch.nn.functional.adaptive_avg_pool2d:
+                size = args[1] if len(args) > 1 else kwargs["output_size"]
+                size = (size, size) if isinstance(size, int) else tuple(size)
+                return first.new_empty((*first.shape[:-2], *size))
+            if func is torch.nn.functional.linear:
+                weight = args[1] if len(args) > 1 else kwargs["weight"]
+                return first.new_empty((*first.shape[:-1], weight.shape[0]))
+            if func is torch.cat:
+                dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
+                shape = list(args[0][0].shape)
+                shape[dim] = sum(t.shape[dim] for t in args[0])
+                return args[0][0].new_empty(shape)
+        return func(*args, **(kwargs or {}))
+
+
+_INITIALISERS = frozenset(
+    (torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_)
+)
+_SHAPE_KEEPING = frozenset(
+    (
+        torch.nn.functional.batch_norm,
+        torch.nn.functional.relu,
+        torch.relu,
+        torch.Tensor.relu,
+        torch.nn.functional.dropout,
+    )
+)
+
+
 def _on_meta(path: Path, config: ModelConfig) -> TwoViewNet:
     """The config's network with no storage behind it, refused above `MAX_PARAMETERS`."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _MetaShortcuts():
             net = TwoViewNet(config)
     except (RuntimeError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: the stored config does not build a network ({err})") from err
@@ -246,7 +292,7 @@ def _check_features(path: Path, net: TwoViewNet, config: ModelConfig) -> None:
 
     hooks = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _MetaShortcuts():
             image = torch.empty(1, config.in_channels, config.image_size, config.image_size, device="meta")
             maps = net.frontal.trunk(image)
             net.frontal.head(net.frontal.tail(maps))
