@@ -43,6 +43,7 @@ Runner = Callable[..., Any]
 DEFAULT_SECONDS = 60.0  # a 16384 x 16384 film decodes in about 10 s on one slow core
 SECONDS_ENV = "TWOVIEW_READ_SECONDS"  # the operator's choice of that limit
 DEFAULT_MEMORY = 4 * 2**30  # address space a child may add to what it starts with
+_START_SECONDS = 300.0  # a new child's start (the fork server's imports): not counted against a file
 _PRELOAD = ["pipeline.isolate", "pipeline.studies", "pipeline.data"]  # imported once, in the fork server
 
 
@@ -158,13 +159,20 @@ class _Child:
         )
         self.process.start()
         theirs.close()
+        self.ready = False
 
     @property
     def alive(self) -> bool:
         return self.process.is_alive()
 
     def call(self, request: tuple, seconds: float) -> tuple[str, Any]:
+        """The answer to `request`; the time limit counts from a started child, so a slow start under
+        load (imports in the fork server) is never blamed on the file."""
         try:
+            if not self.ready:
+                if not self.conn.poll(_START_SECONDS):
+                    raise _Stopped(f"its reader did not start within {_START_SECONDS:g} s")
+                self.ready = self.conn.recv() == ("ready", None)
             self.conn.send(request)
             if not self.conn.poll(seconds):
                 raise _Stopped(f"reading it took longer than {seconds:g} s, so it was stopped")
@@ -198,6 +206,7 @@ def _serve(conn: Connection, memory: int | None) -> None:
     """The child's loop: call, answer, until the pipe closes."""
     if memory is not None:
         _limit_memory(memory)
+    conn.send(("ready", None))
     while True:
         try:
             fn, path, args, kwargs = conn.recv()

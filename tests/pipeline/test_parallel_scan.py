@@ -95,7 +95,8 @@ def test_the_pool_is_kept_for_the_next_call_and_renewed_after_a_crash() -> None:
     """New workers re-run the main script's imports, so a scan reuses the last scan's workers."""
     first = set(parallel_map(worker_pid, list(range(20)), workers=2, on_crash=lambda item: -1))
     second = set(parallel_map(worker_pid, list(range(20)), workers=2, on_crash=lambda item: -1))
-    assert second <= first and os.getpid() not in first
+    kept = first | second
+    assert len(kept) <= 2 and os.getpid() not in kept  # two workers in all (one may start late), not four
     assert list(parallel_map(square_or_die, [1, 2], (2,), workers=2, on_crash=lambda item: -item)) == [1, -2]
     after = set(parallel_map(worker_pid, list(range(20)), workers=2, on_crash=lambda item: -1))
-    assert after.isdisjoint(first)  # the broken pool was replaced
+    assert after.isdisjoint(kept)  # the broken pool was replaced
