@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -281,25 +282,34 @@ def _check_entries(
         )
 
 
-def _check_features(path: Path, net: TwoViewNet, config: ModelConfig) -> None:
-    """Refuse a network whose largest feature map for one image passes `MAX_FEATURE_BYTES`."""
-    largest = 0
+def _meta_outputs(
+    net: TwoViewNet, image_size: int, *, shortcuts: bool = True
+) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+    """Every module's output shape, in call order, for one image through a network on the meta device
+    (frontal branch, its head, the joint path); `shortcuts=False` uses PyTorch's own meta kernels."""
+    found: list[tuple[torch.nn.Module, tuple[int, ...]]] = []
 
     def hook(module: torch.nn.Module, inputs: object, output: object) -> None:
-        nonlocal largest
         if isinstance(output, torch.Tensor):
-            largest = max(largest, output.numel() * 4)
+            found.append((module, tuple(output.shape)))
 
-    hooks = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(hook) for m in net.modules()]
     try:
-        with torch.no_grad(), _MetaShortcuts():
-            image = torch.empty(1, config.in_channels, config.image_size, config.image_size, device="meta")
+        with torch.no_grad(), _MetaShortcuts() if shortcuts else nullcontext():
+            image = torch.empty(1, net.config.in_channels, image_size, image_size, device="meta")
             maps = net.frontal.trunk(image)
             net.frontal.head(net.frontal.tail(maps))
             net.joint(maps, maps)
     finally:
         for handle in hooks:
             handle.remove()
+    return found
+
+
+def _check_features(path: Path, net: TwoViewNet, config: ModelConfig) -> None:
+    """Refuse a network whose largest feature map for one image passes `MAX_FEATURE_BYTES`."""
+    leaves = [shape for module, shape in _meta_outputs(net, config.image_size) if not list(module.children())]
+    largest = max((math.prod(shape) * 4 for shape in leaves), default=0)
     if largest > MAX_FEATURE_BYTES:
         raise CheckpointError(
             f"{path}: at {config.image_size} px this network makes feature maps of {largest / 2**20:,.0f} MiB "
