@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -96,3 +98,23 @@ def test_read_pixels_shrinks_big_images_by_block_means():
     step = -(-max(full.shape) // 256)
     assert max(small.shape) <= 256 and small.dtype == np.float32
     assert small[0, 0] == pytest.approx(full[:step, :step].mean(), abs=1e-6)
+
+
+def test_the_time_limit_counts_from_a_started_reader(tmp_path):
+    """A new reader re-runs the main script's imports (as spawn does): its start is not the file's time."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "time.sleep(1.0)  # a main script's slow imports: every new reader process runs them again\n"
+        "from pipeline.isolate import Isolated\n"
+        "if __name__ == '__main__':\n"
+        "    reader = Isolated(seconds=0.3)\n"
+        "    started = time.monotonic()\n"
+        "    name = reader.run(os.path.basename, '/films/a.dcm')\n"
+        "    print(name, time.monotonic() - started)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, seconds = done.stdout.split()
+    assert name == "a.dcm" and float(seconds) > 0.3  # the start alone took longer than the limit
