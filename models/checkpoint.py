@@ -177,8 +177,8 @@ class _MetaShortcuts(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         first = args[0] if args else None
-        if isinstance(first, (list, tuple)) and first and func is torch.cat:
-            first = first[0]
+        if func is torch.cat and isinstance(first, (list, tuple)) and first:
+            first = first[0]  # cat's first argument is the list of tensors
         if isinstance(first, torch.Tensor) and first.is_meta:
             if func in _INITIALISERS:
                 return args[0]
@@ -193,9 +193,9 @@ class _MetaShortcuts(TorchFunctionMode):
                 return first.new_empty((*first.shape[:-1], weight.shape[0]))
             if func is torch.cat:
                 dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
-                shape = list(args[0][0].shape)
+                shape = list(first.shape)
                 shape[dim] = sum(t.shape[dim] for t in args[0])
-                return args[0][0].new_empty(shape)
+                return first.new_empty(shape)
         return func(*args, **(kwargs or {}))
 
 

@@ -70,10 +70,8 @@ def build_start_model(settings: TrainSettings, labels: tuple[str, ...]) -> TwoVi
 
 
 def _with_start(net: TwoViewNet, described: str) -> TwoViewNet:
-    """The net in training mode (Lightning keeps the mode it is given, and a loaded checkpoint is in eval
-    mode: batch norm would train on frozen statistics), with its start recorded."""
     net.config = replace(net.config, provenance={"start": described})
-    return net.train()
+    return net
 
 
 def _is_twoview(path: str) -> bool:

@@ -89,7 +89,9 @@ class TwoViewModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
-        self.net = net
+        # Lightning keeps the mode it is given, and a loaded checkpoint is in eval mode: batch norm would
+        # fine-tune on frozen statistics and dropout stay off.
+        self.net = net.train()
         self.config = net.config
         schedule = LossSchedule(HeadWeights(*head_weights_start), HeadWeights(*head_weights_end), ramp_epochs)
         self.loss = MultiViewLoss(schedule, None if pos_weight is None else torch.tensor(pos_weight))

@@ -14,6 +14,7 @@ from models.pretrained import PinnedWeights
 from models.twoview import TwoViewNet
 from pipeline.settings import TrainSettings
 from pipeline.start_model import build_start_model
+from pipeline.train import TwoViewModule
 
 LABELS = ("effusion", "nodule")
 
@@ -82,10 +83,11 @@ def test_the_demo_start_is_still_there_by_name():
 
 def test_a_checkpoint_start_trains_in_training_mode(tmp_path):
     """A loaded checkpoint is in eval mode; Lightning keeps a module's mode, so batch norm would fine-tune on
-    frozen statistics (and dropout stay off) unless the start switches it back."""
+    frozen statistics (and dropout stay off) unless the training module switches it back."""
     path = tmp_path / "start.safetensors"
     checkpoint.save(TwoViewNet(ModelConfig.tiny(labels=LABELS)), path)
     assert not checkpoint.load(path).training
     for labels in (LABELS, ("effusion",)):  # the same heads, and fresh heads for other labels
         net = build_start_model(settings(start=str(path), arch="densenet121", image_size=None), labels)
-        assert all(module.training for module in net.modules())
+        trained = TwoViewModule.from_settings(net, settings(), pos_weight=None)
+        assert all(module.training for module in trained.modules())
