@@ -158,21 +158,26 @@ def check(path: str | os.PathLike) -> ModelConfig:
     every tensor the network has must be in the file with its shape and a dtype `save` writes,
     nothing else may be, and the tensors' bytes must lie end to end exactly up to the end of the file.
     """
-    path = Path(path)
+    return _checked(Path(path))[0]
+
+
+def _checked(path: Path) -> tuple[ModelConfig, TwoViewNet]:
+    """`check`, also giving the network it built on the meta device, for `load` to fill in."""
     header, start, size = _read_header(path)
     config = _config(path, _metadata(path, header))
     net = _on_meta(path, config)
     expected = {name: (tuple(t.shape), t.dtype) for name, t in net.state_dict().items()}
     _check_entries(path, expected, {k: v for k, v in header.items() if k != "__metadata__"}, size - start)
     _check_features(path, net, config)
-    return config
+    return config, net
 
 
 class _MetaShortcuts(TorchFunctionMode):
     """On meta tensors (shapes, no values): random initialisation skipped, and the output shape alone for
     the ops our network uses whose meta kernels are Python references (batch norm, relu, dropout,
-    adaptive pooling, linear, cat). Those references' first use imports torch._dynamo: 1-1.6 s of
-    every command's start, for nothing. `tests/models/test_checkpoint.py` checks the shapes agree.
+    adaptive pooling, linear, cat), and for convolution and pooling, whose meta kernels' `torch._check`
+    imports sympy. Those imports (torch._dynamo 1-1.6 s, sympy 0.4 s) came with every command's start, for
+    nothing. `tests/models/test_checkpoint.py` checks the shapes agree with PyTorch's.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -183,7 +188,7 @@ class _MetaShortcuts(TorchFunctionMode):
             if func in _INITIALISERS:
                 return args[0]
             if func in _SHAPE_KEEPING:
-                return torch.empty_like(args[0])
+                return first.new_empty(first.shape)
             if func is torch.nn.functional.adaptive_avg_pool2d:
                 size = args[1] if len(args) > 1 else kwargs["output_size"]
                 size = (size, size) if isinstance(size, int) else tuple(size)
@@ -196,11 +201,74 @@ class _MetaShortcuts(TorchFunctionMode):
                 shape = list(first.shape)
                 shape[dim] = sum(t.shape[dim] for t in args[0])
                 return first.new_empty(shape)
+            if func is torch.conv2d:
+                shape = _conv2d_shape(*args, **(kwargs or {}))
+                if shape is not None:
+                    return first.new_empty(shape)
+            if func in _POOLS:
+                shape = _pool2d_shape(func, *args, **(kwargs or {}))
+                if shape is not None:
+                    return first.new_empty(shape)
         return func(*args, **(kwargs or {}))
+
+
+def _conv2d_shape(
+    image: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, dilation=1, groups=1
+) -> tuple[int, ...] | None:
+    """`conv2d`'s output shape, with PyTorch's errors; None for string padding ("same"), left to PyTorch."""
+    if isinstance(padding, str):
+        return None
+    if weight.shape[1] * groups != image.shape[1]:
+        raise RuntimeError(
+            f"conv2d expected input with {weight.shape[1] * groups} channels, but got {image.shape[1]} channels"
+        )
+    pairs = [(v, v) if isinstance(v, int) else tuple(v) for v in (stride, padding, dilation)]
+    return (*image.shape[:-3], weight.shape[0], *_sides(image, weight.shape[2:], *pairs))
+
+
+def _pool2d_shape(
+    func, image: torch.Tensor, kernel_size, stride=None, padding=0, *rest, **options
+) -> tuple[int, ...] | None:
+    """Max or average pooling's output shape (`ceil_mode` included); None when indices are asked for."""
+    if func in (torch.nn.functional.max_pool2d, torch.max_pool2d):
+        names = ("dilation", "ceil_mode", "return_indices")
+        dilation, ceil, indices = (rest[i] if len(rest) > i else options.get(n) for i, n in enumerate(names))
+        if indices:
+            return None
+    else:
+        dilation, ceil = 1, rest[0] if rest else options.get("ceil_mode")
+    dilation = 1 if dilation is None else dilation
+    stride = stride if stride else kernel_size  # None or [] means the kernel's size
+    kernel, *pairs = (
+        (v, v) if isinstance(v, int) else tuple(v) for v in (kernel_size, stride, padding, dilation)
+    )
+    return (*image.shape[:-2], *_sides(image, kernel, *pairs, ceil=ceil))
+
+
+def _sides(image: torch.Tensor, kernel, stride, padding, dilation, *, ceil: bool = False) -> list[int]:
+    """Height and width out of a sliding window (convolution or pooling), as PyTorch computes them."""
+    sides = []
+    for size, k, s, p, d in zip(image.shape[-2:], kernel, stride, padding, dilation, strict=True):
+        span = size + 2 * p - d * (k - 1) - 1
+        side = (span + (s - 1 if ceil else 0)) // s + 1
+        if ceil and (side - 1) * s >= size + p:  # the last window must start inside the image
+            side -= 1
+        if side <= 0:
+            raise RuntimeError(f"output size is too small ({size} px in, window {k}, stride {s})")
+        sides.append(side)
+    return sides
 
 
 _INITIALISERS = frozenset(
     (torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_)
+)
+_POOLS = frozenset(
+    (
+        torch.nn.functional.max_pool2d,
+        torch.max_pool2d,
+        torch.nn.functional.avg_pool2d,
+        torch._C._nn.avg_pool2d,
+    )
 )
 _SHAPE_KEEPING = frozenset(
     (
@@ -326,16 +394,19 @@ def load(
 ) -> TwoViewNet:
     """Rebuild the model a checkpoint holds, in eval mode, float32; refuse mismatches with their names."""
     path = Path(path)
-    config = check(path)
+    config, model = _checked(path)
     if expect_labels is not None and tuple(expect_labels) != config.labels:
         raise CheckpointError(
             f"{path}: the model predicts {list(config.labels)}, but {list(expect_labels)} were expected"
         )
     try:
-        model = TwoViewNet(config)
         tensors = load_file(str(path), device="cpu")
         _check_shapes(path, model.state_dict(), tensors)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+        # The checked network is on the meta device: the file's tensors become its weights (no second
+        # build, no random initialisation to overwrite).
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, assign=True
+        )
         return model.to(map_location).eval()
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the weights: {err}") from err

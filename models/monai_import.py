@@ -1,10 +1,12 @@
 """`import monai`, without the libraries its package import loads for features twoview never uses.
 
-MONAI's `__init__` imports every subpackage, and through them matplotlib.pyplot (Jupyter helpers),
-scipy.signal (an ultrasound transform) and pandas (profiling): about 1.2 s of a 3.7 s start on our
-CPUs, before a prediction can begin. While MONAI's package runs, those three read as absent, so MONAI's
-own optional imports mark only those features unavailable; afterwards they import normally for anyone.
-`install()` is called by `models` and `pipeline`, so it is in place before any of our modules imports MONAI.
+MONAI's `__init__` imports every subpackage, and through them matplotlib (Jupyter helpers), scipy's
+ndimage, signal, sparse, optimize and spatial (spline resampling, an ultrasound transform, metrics we
+do not compute), pandas (profiling), requests (dataset downloads) and jsonschema (bundles): about 1.6 s
+of a 3.7 s start on our CPUs, before a prediction can begin. While MONAI's package runs, those read as
+absent, so MONAI's own optional imports mark only those features unavailable; afterwards they import
+normally for anyone. `install()` is called by `models` and `pipeline`, so it is in place before any of
+our modules imports MONAI.
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from types import ModuleType
 __all__ = ["SKIPPED", "install"]
 
 #: Imported by MONAI's package, used by no MONAI feature twoview calls.
-SKIPPED = ("matplotlib.pyplot", "scipy.signal", "pandas")
+SKIPPED = (
+    "matplotlib",
+    "scipy.ndimage",
+    "scipy.signal",
+    "scipy.sparse",
+    "scipy.optimize",
+    "scipy.spatial",
+    "pandas",
+    "requests",
+    "jsonschema",
+)
 
 
 class _Loader(importlib.abc.Loader):

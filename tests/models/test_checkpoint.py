@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import struct
@@ -307,7 +308,8 @@ except BaseException as err:  # report what came out, whatever it is
 
 def test_running_out_of_memory_while_loading_is_a_clean_error(tmp_path):
     """A model that passes `check` but does not fit the memory left is refused with a message (a capped process)."""
-    path = save(TwoViewNet(ModelConfig()), tmp_path / "full.safetensors")  # 17 M parameters, 69 MB
+    config = dataclasses.replace(ModelConfig(), growth_rate=64)  # 67 M parameters, 268 MB: over the cap
+    path = save(TwoViewNet(config), tmp_path / "wide.safetensors")
     done = subprocess.run(
         [sys.executable, "-c", CAPPED_LOAD, str(path)], capture_output=True, text=True, timeout=300
     )
@@ -328,9 +330,55 @@ def test_the_meta_shortcuts_give_torchs_own_shapes(config: ModelConfig):
         assert len(ours) > len(list(net.frontal.modules())) and ours == torchs
 
 
-def test_checking_a_checkpoint_does_not_import_torch_dynamo(tmp_path):
+@pytest.mark.parametrize(
+    "func, options",
+    [
+        (torch.conv2d, {"stride": 2, "padding": 3}),
+        (torch.conv2d, {"stride": (1, 2), "padding": (0, 1), "dilation": (2, 1), "groups": 2}),
+        (torch.nn.functional.max_pool2d, {"kernel_size": 3, "stride": 2, "padding": 1}),
+        (torch.nn.functional.max_pool2d, {"kernel_size": 3, "stride": 2, "ceil_mode": True}),
+        (torch.nn.functional.max_pool2d, {"kernel_size": (2, 3), "dilation": 2, "ceil_mode": True}),
+        (torch.nn.functional.avg_pool2d, {"kernel_size": 2, "stride": 2}),
+        (torch.nn.functional.avg_pool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ],
+)
+def test_the_window_shortcuts_match_torch_on_odd_sizes(func, options):
+    """Convolution and pooling shapes, answered without PyTorch's meta kernels, equal them (7..33 px)."""
+    from models.checkpoint import _MetaShortcuts
+
+    weight = torch.empty(6, 2 if options.get("groups") else 4, 3, 3, device="meta")
+    for height, width in ((7, 7), (8, 9), (13, 10), (33, 32)):
+        image = torch.empty(2, 4, height, width, device="meta")
+        args = (image, weight) if func is torch.conv2d else (image,)
+        with _MetaShortcuts():
+            ours = func(*args, **options).shape
+        assert ours == func(*args, **options).shape, (height, width)
+
+
+def test_a_wrong_channel_count_is_still_refused_on_meta():
+    from models.checkpoint import _MetaShortcuts
+
+    image, weight = torch.empty(1, 3, 16, 16, device="meta"), torch.empty(8, 4, 3, 3, device="meta")
+    with pytest.raises(RuntimeError, match="channels"), _MetaShortcuts():
+        torch.conv2d(image, weight)
+
+
+def test_loading_a_checkpoint_imports_neither_torch_dynamo_nor_sympy(tmp_path):
+    """Each was a second or so of every command's start (meta kernels' Python references and `torch._check`)."""
     path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / "m.safetensors")
-    script = f"import sys; from models import checkpoint; checkpoint.load({str(path)!r}); print('torch._dynamo' in sys.modules)"
+    script = (
+        f"import sys; from models import checkpoint; checkpoint.load({str(path)!r}); "
+        "print([m for m in ('torch._dynamo', 'sympy') if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "False"  # 1-1.6 s of every start, when it is imported
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_loaded_model_has_no_meta_tensors_and_trains(tmp_path):
+    """`load` fills the checked meta network with the file's tensors: every one is real and trainable."""
+    path = save(TwoViewNet(ModelConfig.tiny()), tmp_path / "m.safetensors", dtype=torch.float16)
+    model = load(path)
+    tensors = list(model.state_dict(keep_vars=True).values())
+    assert not any(t.is_meta for t in tensors) and all(t.dtype != torch.float16 for t in tensors)
+    assert all(p.requires_grad for p in model.parameters())
