@@ -87,7 +87,7 @@ def _predict(args: argparse.Namespace) -> int:
         )
     deidentify = Deidentifier.from_env() if args.deidentify else None
     if args.manifest is not None:
-        from pipeline.predict import Predictor, load_model, predict_folder
+        from pipeline.predict import Predictor, model_file, predict_folder
 
         source = read_manifest(args.manifest, args.images, labels=())
     else:
@@ -101,17 +101,20 @@ def _predict(args: argparse.Namespace) -> int:
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan") as background:
             scanning = background.submit(scan)
-            from pipeline.predict import Predictor, load_model, predict_folder
+            from pipeline.predict import Predictor, model_file, predict_folder
         source = scanning.result()
     output = Path(args.output)
     if not output.parent.exists():
         log.info("creating the output folder %s", output.parent)
-    model, model_path = load_model(args.model)
-    sink = _dicom_results(args, model, model_path, deidentify, args.dicom_out)
+    model_path = model_file(args.model)
+    predictor = Predictor(model_path, device=args.device, fast=args.fast)  # loads once its workers decode
+    sink = _dicom_results(args, predictor, model_path, deidentify, args.dicom_out)
     shard = parse_shard(args.shard) if args.shard else None
     if args.engine == "ray":
+        from models.checkpoint import check
         from pipeline.ray_engine import predict_folder_ray
 
+        check(model_path)  # refused here, before a cluster starts; each actor loads its own copy
         summary = predict_folder_ray(
             source,
             output,
@@ -127,7 +130,6 @@ def _predict(args: argparse.Namespace) -> int:
             sink=sink,
         )
         return _check_summary(summary, args.folder or args.manifest)
-    predictor = Predictor(model, device=args.device, fast=args.fast, copy_model=False)
     summary = predict_folder(
         source,
         output,
@@ -188,8 +190,8 @@ def _predict_dicomweb(args: argparse.Namespace) -> int:
     since = parse_date(args.since) if args.since else None
     pacs = Pacs.from_env(args.dicomweb, attempts=args.dicomweb_attempts)
     deidentify = Deidentifier.from_env() if args.deidentify else None
-    model, model_path = load_model(args.model)
-    predictor = Predictor(model, device=args.device, fast=args.fast)
+    model, model_path = load_model(args.model)  # refused now, before any study is fetched
+    predictor = Predictor(model, device=args.device, fast=args.fast, copy_model=False)
     output = Path(args.output)
     folder = args.dicom_out or (working_folder(output) / "outbox" if args.store else None)
     predict_pacs(
@@ -199,7 +201,7 @@ def _predict_dicomweb(args: argparse.Namespace) -> int:
         model_path=model_path,
         study_uids=args.study or (),
         since=since,
-        results=_dicom_results(args, model, model_path, deidentify, folder),
+        results=_dicom_results(args, predictor, model_path, deidentify, folder),
         store=args.store,
         keep_results=bool(args.dicom_out),
         deidentify=deidentify,
@@ -210,7 +212,7 @@ def _predict_dicomweb(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dicom_results(args: argparse.Namespace, model, model_path: Path, deidentify, folder):
+def _dicom_results(args: argparse.Namespace, predictor, model_path: Path, deidentify, folder):
     """The DICOM results writer into `folder` (SRs, and Grad-CAM captures with `--dicom-heatmaps`), or None."""
     if not folder:
         return None
@@ -220,10 +222,10 @@ def _dicom_results(args: argparse.Namespace, model, model_path: Path, deidentify
 
     return DicomResults(
         folder,
-        ModelIdentity.from_checkpoint(model_path, model.config),
-        model.config.thresholds,
+        ModelIdentity.from_checkpoint(model_path, predictor.config),
+        predictor.config.thresholds,
         deidentify=deidentify,
-        explainer=Explainer(model) if args.dicom_heatmaps else None,
+        explainer=Explainer(predictor.model) if args.dicom_heatmaps else None,
     )
 
 

@@ -61,7 +61,7 @@ class Explainer:
     """Grad-CAM for one model; safe to share between threads (one heatmap at a time)."""
 
     def __init__(self, model: TwoViewNet) -> None:
-        self.net = copy.deepcopy(model).plain().float().eval()
+        self.net = copy.deepcopy(model).plain().float().cpu().eval()  # heatmaps run on the CPU
         self.config = self.net.config
         self._normalise = normalise_transform(self.config)
         self._cams: dict[tuple[View, str], tuple[nn.Module, GradCAM]] = {}

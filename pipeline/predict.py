@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.checkpoint import load
+from models.checkpoint import load, read_config
 from models.config import ModelConfig
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
@@ -49,6 +49,7 @@ __all__ = [
     "failed_prediction",
     "gather",
     "load_model",
+    "model_file",
     "predict_folder",
     "resolve_device",
     "start_summary",
@@ -126,6 +127,12 @@ def default_workers() -> int:
 
 def load_model(path: str | Path | None = None) -> tuple[TwoViewNet, Path]:
     """The model in a `.safetensors` checkpoint, or the bundled demo model when `path` is None."""
+    path = model_file(path)
+    return load(path), path
+
+
+def model_file(path: str | Path | None = None) -> Path:
+    """The checkpoint file `load_model` reads: `path`, or the bundled demo model when it is None."""
     if path is None:
         if not DEMO_MODEL.is_file():
             raise TwoviewError(
@@ -139,7 +146,7 @@ def load_model(path: str | Path | None = None) -> tuple[TwoViewNet, Path]:
     path = Path(path)
     if not path.is_file():
         raise TwoviewError(f"{path}: model file not found")
-    return load(path), path
+    return path
 
 
 @dataclass
@@ -215,31 +222,53 @@ class Predictor:
 
     def __init__(
         self,
-        model: TwoViewNet,
+        model: TwoViewNet | Path,
         device: str | torch.device | None = None,
         fast: bool = True,
         *,
         copy_model: bool = True,
     ) -> None:
         """Works on its own copy of `model` (the caller's network keeps its device and precision), or with
-        `copy_model=False` on `model` itself, which it moves and switches to the fast path."""
+        `copy_model=False` on `model` itself, which it moves and switches to the fast path.
+
+        A checkpoint's path gives its config at once (from the header) and is checked and loaded when the
+        model is first needed: `iter_predictions` starts its decoding workers first, so the first batch
+        is decoded while that happens. A bad checkpoint is then refused at the first batch.
+        """
         self.device = resolve_device(device)
-        own = (copy.deepcopy(model) if copy_model else model).to(self.device).eval()
-        self.model = own.fast() if fast else own.plain()
-        self.model.shape_bucket = SHAPE_BUCKET if self.device.type == "cuda" else None
+        self.fast = fast
+        self._model: TwoViewNet | None = None
+        self._checkpoint: Path | None = None
+        if isinstance(model, TwoViewNet):
+            self._model = self._prepare(copy.deepcopy(model) if copy_model else model)
+            self.config = model.config
+        else:
+            self._checkpoint = Path(model)
+            self.config = read_config(self._checkpoint)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # autotuning pays off now that batch shapes repeat
-        self.config = model.config
-        self.labels = model.config.labels
-        self.thresholds = dict(model.config.thresholds)
+        self.labels = self.config.labels
+        self.thresholds = dict(self.config.thresholds)
+
+    @property
+    def model(self) -> TwoViewNet:
+        """The network on `device`, on the fast path unless `fast=False` (a checkpoint is read now, once)."""
+        if self._model is None:
+            self._model = self._prepare(load(self._checkpoint, expect_labels=self.labels))
+        return self._model
+
+    def _prepare(self, model: TwoViewNet) -> TwoViewNet:
+        own = model.to(self.device).eval()
+        own = own.fast() if self.fast else own.plain()
+        own.shape_bucket = SHAPE_BUCKET if self.device.type == "cuda" else None
+        return own
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path | None = None, device: str | torch.device | None = None, fast: bool = True
     ) -> Predictor:
-        """Load a checkpoint (the demo model when `path` is None) into a Predictor."""
-        model, _ = load_model(path)
-        return cls(model, device=device, fast=fast, copy_model=False)
+        """A Predictor for a checkpoint (the demo model when `path` is None), loaded when first needed."""
+        return cls(model_file(path), device=device, fast=fast)
 
     def predict_batch(self, batch: ViewBatch) -> ViewLogits:
         """Probabilities (float32, on the CPU, NaN where a head did not run) for one `ViewBatch`."""
@@ -301,7 +330,8 @@ class Predictor:
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
             worker_init_fn=worker_init if workers else None,
         )
-        return (_collate(items) for items in _batches(loader, batch_size))
+        decoding = iter(loader)  # the workers start now, not at the caller's first `next`
+        return (_collate(items) for items in _batches(decoding, batch_size))
 
     def _stream(
         self, studies: Sequence[Study], batch_size: int, workers: int, runner: Runner
@@ -309,7 +339,9 @@ class Predictor:
         """Batches from `batches`; on CUDA one batch runs on the GPU while the next is made."""
         ahead = 1 if self.device.type == "cuda" else 0
         running: list[tuple[_Loaded, _Running | None]] = []
-        for loaded in self.batches(studies, batch_size=batch_size, workers=workers, runner=runner):
+        loading = self.batches(studies, batch_size=batch_size, workers=workers, runner=runner)
+        _ = self.model  # a checkpoint not read yet is read now, while the workers decode the first batch
+        for loaded in loading:
             running.append((loaded, self._launch(loaded.batch) if loaded.batch is not None else None))
             if len(running) > ahead:
                 yield self._predictions(studies, *running.pop(0))
@@ -515,8 +547,8 @@ def predict_folder(
         start = time.perf_counter()
         output_format(out_path)
         if predictor is None:
-            model, model_path = load_model(model_path)
-            predictor = Predictor(model, device=device, fast=fast, copy_model=False)
+            model_path = model_file(model_path)
+            predictor = Predictor(model_path, device=device, fast=fast)
         workers = _check_settings(batch_size, workers)
         studies, set_aside = gather(source, out_path, shard, runner)
         summary = start_summary(out_path, model_path, predictor.config, len(studies))

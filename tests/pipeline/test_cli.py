@@ -138,3 +138,27 @@ def test_app_data_dirs_are_added_to_the_environment(tmp_path):
     args = cli.build_parser().parse_args(["app", "--data-dir", str(tmp_path / "missing")])
     with pytest.raises(TwoviewError, match="no such folder"):
         cli._app_environment(args, {})
+
+
+def test_predict_with_a_damaged_model_fails_cleanly_then_resumes_with_a_good_one(tmp_path):
+    """The weights load while the first batch decodes, so a damaged file is refused at the first batch:
+    one line naming it, no rows written, and a rerun with a sound model predicts every study."""
+    from models import ModelConfig, TwoViewNet
+    from models.checkpoint import save
+    from tests.pipeline.conftest import write_dicom
+
+    for i in range(3):
+        write_dicom(tmp_path / "studies" / f"s{i}.dcm", study_uid=f"1.2.{i + 10}", view_position="PA", seed=i)
+    good = save(TwoViewNet(ModelConfig.tiny()), tmp_path / "good.safetensors")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(good.read_bytes()[:-1000])
+    out = tmp_path / "out.csv"
+    done = cli_run(
+        "predict", str(tmp_path / "studies"), "--model", str(damaged), "-o", str(out), "--workers", "1"
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"error: {damaged}: the tensors declared in the header do not fill the file" in done.stderr
+    assert out.read_text().count("\n") <= 1  # the header at most
+    again = cli_run("predict", str(tmp_path / "studies"), "--model", str(good), "-o", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert out.read_text().count("\n") == 4

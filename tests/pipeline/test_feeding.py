@@ -110,3 +110,34 @@ def test_predict_batch_reads_back_every_head_in_one_copy(eleven: Path, predictor
     out = predictor._finish(running)
     assert out.routes == ["frontal"] * 3 and out.route.dtype == torch.int64
     assert torch.isnan(out.lateral).all() and not torch.isnan(out.final).any()
+
+
+def test_a_checkpoint_is_loaded_after_the_workers_start(
+    eleven: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a checkpoint's path, the first batch is decoded while the model loads: workers first."""
+    from models.checkpoint import save
+
+    torch.manual_seed(0)
+    net = TwoViewNet(ModelConfig.tiny(labels=("a", "b")))
+    path = save(net, tmp_path / "m.safetensors")
+    events: list[str] = []
+    real_iter, real_load = predict.DataLoader.__iter__, predict.load
+
+    def starting(self):
+        events.append(f"workers start ({self.num_workers})")
+        return real_iter(self)
+
+    def loading(*args, **kwargs):
+        events.append("model loads")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(predict.DataLoader, "__iter__", starting)
+    monkeypatch.setattr(predict, "load", loading)
+    lazy = Predictor(path, device="cpu", fast=False)
+    assert lazy.config == net.config and lazy.labels == ("a", "b") and events == []
+    studies = scan_folder(eleven).studies
+    chunks = list(lazy.iter_predictions(studies, batch_size=4, workers=1))
+    assert events == ["workers start (1)", "model loads"]
+    eager = Predictor(net, device="cpu", fast=False).predict_studies(studies, batch_size=4)
+    assert [p.final for c in chunks for p in c] == [p.final for p in eager]
