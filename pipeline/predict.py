@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.checkpoint import load, read_config
 from models.config import ModelConfig
+from models.errors import CheckpointError
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
 from pipeline.data import StudyDataset, StudySample, ViewBatch, collate, worker_init
@@ -254,7 +255,10 @@ class Predictor:
     def model(self) -> TwoViewNet:
         """The network on `device`, on the fast path unless `fast=False` (a checkpoint is read now, once)."""
         if self._model is None:
-            self._model = self._prepare(load(self._checkpoint, expect_labels=self.labels))
+            model = load(self._checkpoint)
+            if model.config != self.config:  # the batches were preprocessed by the header's config
+                raise CheckpointError(f"{self._checkpoint}: the checkpoint changed while it was in use")
+            self._model = self._prepare(model)
         return self._model
 
     def _prepare(self, model: TwoViewNet) -> TwoViewNet:

@@ -141,3 +141,15 @@ def test_a_checkpoint_is_loaded_after_the_workers_start(
     assert events == ["workers start (1)", "model loads"]
     eager = Predictor(net, device="cpu", fast=False).predict_studies(studies, batch_size=4)
     assert [p.final for c in chunks for p in c] == [p.final for p in eager]
+
+
+def test_a_checkpoint_replaced_before_it_loads_is_refused(eleven: Path, tmp_path: Path) -> None:
+    """The batches were preprocessed with the config read from the header: another model is not used."""
+    from models.checkpoint import save
+    from models.errors import CheckpointError
+
+    path = save(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), tmp_path / "m.safetensors")
+    lazy = Predictor(path, device="cpu", fast=False)
+    save(TwoViewNet(ModelConfig.tiny(labels=("c", "d"))), path)
+    with pytest.raises(CheckpointError, match="changed while it was in use"):
+        list(lazy.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=0))
