@@ -191,8 +191,7 @@ class _MetaShortcuts(TorchFunctionMode):
                 return first.new_empty(first.shape)
             if func is torch.nn.functional.adaptive_avg_pool2d:
                 size = args[1] if len(args) > 1 else kwargs["output_size"]
-                size = (size, size) if isinstance(size, int) else tuple(size)
-                return first.new_empty((*first.shape[:-2], *size))
+                return first.new_empty((*first.shape[:-2], *_pair(size)))
             if func is torch.nn.functional.linear:
                 weight = args[1] if len(args) > 1 else kwargs["weight"]
                 return first.new_empty((*first.shape[:-1], weight.shape[0]))
@@ -222,7 +221,7 @@ def _conv2d_shape(
         raise RuntimeError(
             f"conv2d expected input with {weight.shape[1] * groups} channels, but got {image.shape[1]} channels"
         )
-    pairs = [(v, v) if isinstance(v, int) else tuple(v) for v in (stride, padding, dilation)]
+    pairs = map(_pair, (stride, padding, dilation))
     return (*image.shape[:-3], weight.shape[0], *_sides(image, weight.shape[2:], *pairs))
 
 
@@ -239,10 +238,13 @@ def _pool2d_shape(
         dilation, ceil = 1, rest[0] if rest else options.get("ceil_mode")
     dilation = 1 if dilation is None else dilation
     stride = stride if stride else kernel_size  # None or [] means the kernel's size
-    kernel, *pairs = (
-        (v, v) if isinstance(v, int) else tuple(v) for v in (kernel_size, stride, padding, dilation)
-    )
-    return (*image.shape[:-2], *_sides(image, kernel, *pairs, ceil=ceil))
+    pairs = map(_pair, (kernel_size, stride, padding, dilation))
+    return (*image.shape[:-2], *_sides(image, *pairs, ceil=ceil))
+
+
+def _pair(value) -> tuple[int, ...]:
+    """An int or a sequence of them (a size, stride, padding...) as a tuple: 3 -> (3, 3)."""
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _sides(image: torch.Tensor, kernel, stride, padding, dilation, *, ceil: bool = False) -> list[int]:
