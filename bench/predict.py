@@ -4,6 +4,8 @@ Writes N two-view studies of ~2048 px phantom radiographs (a few made by `sample
 cloned with new UIDs; uncompressed unless `--compression as-generated`), builds a default-size
 `ModelConfig()` model (DenseNet121 pair at 224 px, random weights) and times, in interleaved rounds:
   twoview   `predict_folder` end to end: scan, decode in DataLoader workers, fast model, write CSV
+  overlap   the same with the workers decoding while the model runs (on the CPU, where `twoview` has
+            them take turns with the model: `pipeline.parallel.Gate`), and one worker fewer
   ceiling   the fast model alone on batches decoded beforehand (no file work at all)
   data      the data path alone: the same workers and batches as `twoview`, without the model
   naive     pydicom `pixel_array` + PIL resize, one study at a time, float32 model (CPU only; --no-naive skips)
@@ -42,6 +44,7 @@ from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline.data import StudyDataset
 from pipeline.outputs import errors_path
+from pipeline.parallel import Gate
 from pipeline.predict import Predictor, default_workers, predict_folder
 from pipeline.studies import Study, scan_folder
 from sample_data.generate import write_dataset
@@ -100,6 +103,18 @@ def run_twoview(folder: Path, predictor: Predictor, args: argparse.Namespace, ou
     if summary.predicted != args.studies or summary.routes["joint"] != args.studies:
         raise SystemExit(f"expected {args.studies} two-view predictions, got {summary}")
     return args.studies / seconds
+
+
+def run_overlap(folder: Path, predictor: Predictor, args: argparse.Namespace, out: Path) -> float:
+    """`run_twoview` with the workers decoding while the model runs (no `Gate`) and one worker fewer:
+    what `twoview predict` did before the gate, so the gain is measured side by side."""
+    overlapping = argparse.Namespace(**{**vars(args), "workers": max(args.workers - 1, 1)})
+    gate = Predictor.gate
+    Predictor.gate = lambda self, workers: Gate(active=False)
+    try:
+        return run_twoview(folder, predictor, overlapping, out)
+    finally:
+        Predictor.gate = gate
 
 
 def run_data(studies: tuple[Study, ...], predictor: Predictor, args: argparse.Namespace) -> float:
@@ -223,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--studies", type=int, default=24, help="two-view studies to time (default: 24)")
     parser.add_argument("--side", type=int, default=2048, help="phantom size in pixels (default: 2048)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=default_workers(), help="decoding workers")
+    parser.add_argument("--workers", type=int, help="decoding workers (default: as `twoview predict`)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--compression", choices=("none", "as-generated"), default="none")
     parser.add_argument(
@@ -241,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         "command with MONAI imported whole",
     )
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = default_workers(args.device)
     naive = args.device == "cpu" if args.naive is None else args.naive
     torch.manual_seed(0)
     model = TwoViewNet(ModelConfig()).eval()
@@ -273,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
             "ceiling": lambda: run_ceiling(batches, predictor, args.studies),
             "data": lambda: run_data(studies, predictor, args),
         }
+        if args.device == "cpu" and args.workers:
+            runs["overlap"] = lambda: run_overlap(folder, predictor, args, tmp / "out.csv")
         if naive:
             runs["naive"] = lambda: run_naive(folder, model, args.studies)
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -298,6 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"twoview / ceiling: {100 * rate['twoview'] / rate['ceiling']:.0f} % (target >= 70 % on CPU, >= 50 % on GPU)"
     )
+    if "overlap" in rate:
+        print(
+            f"twoview / overlap: {rate['twoview'] / rate['overlap']:.2f}x (workers taking turns with the model, "
+            f"against decoding alongside it with {max(args.workers - 1, 1)} worker(s))"
+        )
     if naive:
         print(f"twoview / naive:   {rate['twoview'] / rate['naive']:.2f}x (target >= 3x on CPU)")
     print(

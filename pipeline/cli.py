@@ -250,7 +250,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="decoding processes (default: one per core but one; 0: decode in this process)",
+        help="decoding processes (default: one per core on the CPU, where they take turns with the model; "
+        "one per core but one with a GPU; 0: decode in this process)",
     )
     p.add_argument(
         "--fast",
@@ -478,7 +479,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="the fast path: channels-last and bfloat16 where supported (default: --no-fast, float32, "
         "so reported AUROCs are exact)",
     )
-    p.add_argument("--workers", type=int, help="decoding processes (default: spare cores, at most 4)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="decoding processes (default: one per core on the CPU, one per core but one with a GPU)",
+    )
     p.set_defaults(handler=_evaluate)
 
 

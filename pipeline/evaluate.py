@@ -21,6 +21,7 @@ from pipeline.data import StudyDataset, collate
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
+from pipeline.parallel import Gated
 from pipeline.plots import plot_roc_curves
 from pipeline.predict import Predictor, default_workers, load_model
 from pipeline.progress import progress_bar
@@ -44,7 +45,8 @@ def predict_labelled(
     predictor: Predictor, dataset: StudyDataset, batch_size: int = 16, workers: int = 0
 ) -> LabelledPredictions:
     """Run a predictor over every study of a labelled dataset (studies with no readable view are left out)."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
+    gate = predictor.gate(workers)
+    loader = DataLoader(Gated(dataset, gate), batch_size=batch_size, collate_fn=collate, num_workers=workers)
     heads: dict[str, list[torch.Tensor]] = {h: [] for h in OUTPUTS}
     labels, routes, ids = [], [], []
     with progress_bar(len(dataset), "studies") as progress:
@@ -52,7 +54,8 @@ def predict_labelled(
             progress.update(len(batch))
             if len(batch) == 0:
                 continue
-            probs = predictor.predict_batch(batch)
+            with gate.closed():
+                probs = predictor.predict_batch(batch)
             for h in OUTPUTS:
                 heads[h].append(probs.head(h))
             labels.append(batch.labels)
@@ -99,7 +102,7 @@ def evaluate(
         log.warning("the manifest has no column for %s; those labels are reported as n/a", ", ".join(missing))
     dataset = StudyDataset(table.studies, table.labels_for(config.labels), config=config)
     predictor = Predictor(net, device=device, fast=fast)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(predictor.device) if workers is None else workers
     predictions = predict_labelled(predictor, dataset, batch_size=batch_size, workers=workers)
     report = evaluation_report(
         predictions.heads, predictions.labels, predictions.routes, config.labels, bootstrap=bootstrap

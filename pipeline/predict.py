@@ -1,9 +1,11 @@
 """Batch prediction: `Predictor` turns studies into per-head probabilities; `predict_folder` streams a folder to a file.
 
 DataLoader workers decode one study at a time (not a batch each), in order, ahead of the model; this
-process gathers them into batches. On CUDA, batches go through pinned memory with asynchronous
-copies, and the next batch is sent to the GPU before the last one's results are read back. Each
-batch's rows are written (and fsynced) as they come, so memory stays flat and a rerun resumes.
+process gathers them into batches. With the model on the CPU, workers and model take turns at the
+cores (`pipeline.parallel.Gate`): the workers decode while the model waits for its next batch. On
+CUDA, batches go through pinned memory with asynchronous copies, and the next batch is sent to the
+GPU before the last one's results are read back. Each batch's rows are written (and fsynced) as
+they come, so memory stays flat and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pipeline.errors import TwoviewError
 from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
 from pipeline.outputs import ErrorsFile, PredictionsFile, errors_path, output_format
-from pipeline.parallel import usable_cores
+from pipeline.parallel import Gate, Gated, usable_cores
 from pipeline.progress import progress_bar
 from pipeline.records import Probabilities, StudyPrediction
 from pipeline.shards import Shard, select
@@ -121,9 +123,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def default_workers() -> int:
-    """Decoding workers: one per usable core but the one this process feeds the model from (0 on one core)."""
-    return usable_cores() - 1
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """Decoding workers for a model on `device`: with a GPU, one per usable core but the one feeding it;
+    on the CPU, one per core, since they decode while the model waits (`Gate`); none on a single core."""
+    cores = usable_cores()
+    if torch.device(device).type == "cpu":
+        return cores if cores > 1 else 0
+    return cores - 1
 
 
 def load_model(path: str | Path | None = None) -> tuple[TwoViewNet, Path]:
@@ -317,18 +323,29 @@ class Predictor:
 
         `runner` decodes each file (`pipeline.isolate.Isolated`: in a killable child process).
         """
-        workers = _check_settings(batch_size, workers)
+        workers = _check_settings(batch_size, workers, self.device)
         if not studies:
             return iter(())
         return self._stream(studies, batch_size, workers, runner)
 
+    def gate(self, workers: int) -> Gate:
+        """What keeps `workers` decoding processes off the cores while this model runs (on the CPU only)."""
+        return Gate(active=workers > 0 and self.device.type == "cpu")
+
     def batches(
-        self, studies: Sequence[Study], *, batch_size: int, workers: int, runner: Runner = direct
+        self,
+        studies: Sequence[Study],
+        *,
+        batch_size: int,
+        workers: int,
+        runner: Runner = direct,
+        gate: Gate | None = None,
     ) -> Iterator[_Loaded]:
         """The batches the model gets, decoded one study per worker task and batched here, in order
-        (what `iter_predictions` runs the model on; alone, it times the data path)."""
+        (what `iter_predictions` runs the model on; alone, it times the data path). Workers start each
+        study only while `gate` is open."""
         loader = DataLoader(
-            _Studies(studies, self, runner),
+            Gated(_Studies(studies, self, runner), gate or Gate(active=False)),
             batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
             num_workers=workers,
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
@@ -343,10 +360,13 @@ class Predictor:
         """Batches from `batches`; on CUDA one batch runs on the GPU while the next is made."""
         ahead = 1 if self.device.type == "cuda" else 0
         running: list[tuple[_Loaded, _Running | None]] = []
-        loading = self.batches(studies, batch_size=batch_size, workers=workers, runner=runner)
+        gate = self.gate(workers)
+        loading = self.batches(studies, batch_size=batch_size, workers=workers, runner=runner, gate=gate)
         _ = self.model  # a checkpoint not read yet is read now, while the workers decode the first batch
         for loaded in loading:
-            running.append((loaded, self._launch(loaded.batch) if loaded.batch is not None else None))
+            with gate.closed():
+                launched = self._launch(loaded.batch) if loaded.batch is not None else None
+            running.append((loaded, launched))
             if len(running) > ahead:
                 yield self._predictions(studies, *running.pop(0))
         while running:
@@ -407,11 +427,12 @@ def _values(row: torch.Tensor, labels: Sequence[str]) -> Probabilities:
     return {label: (None if v != v else v) for label, v in zip(labels, row.tolist(), strict=True)}
 
 
-def _check_settings(batch_size: int, workers: int | None) -> int:
-    """Refuse a batch size below 1 or negative workers; returns the number of workers (None: the default)."""
+def _check_settings(batch_size: int, workers: int | None, device: torch.device) -> int:
+    """Refuse a batch size below 1 or negative workers; returns the number of workers (None: the
+    default for a model on `device`)."""
     if batch_size < 1:
         raise TwoviewError(f"batch size must be at least 1, got {batch_size}")
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(device) if workers is None else workers
     if workers < 0:
         raise TwoviewError(f"workers must be 0 or more, got {workers}")
     return workers
@@ -553,7 +574,7 @@ def predict_folder(
         if predictor is None:
             model_path = model_file(model_path)
             predictor = Predictor(model_path, device=device, fast=fast)
-        workers = _check_settings(batch_size, workers)
+        workers = _check_settings(batch_size, workers, predictor.device)
         studies, set_aside = gather(source, out_path, shard, runner)
         summary = start_summary(out_path, model_path, predictor.config, len(studies))
         if deidentify is not None:

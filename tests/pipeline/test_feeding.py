@@ -3,6 +3,7 @@ next batch launched before the last one is read back on CUDA, and the default wo
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,6 @@ import torch
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline import predict
-from pipeline.parallel import usable_cores
 from pipeline.predict import Predictor, _batches, default_workers, prefetch_factor
 from pipeline.studies import scan_folder
 from tests.pipeline.conftest import write_dicom
@@ -44,8 +44,57 @@ def test_prefetch_keeps_two_batches_in_flight() -> None:
     assert prefetch_factor(8, 1) == 16 and prefetch_factor(2, 8) == 2
 
 
-def test_default_workers_use_every_core_but_the_feeding_one() -> None:
-    assert default_workers() == usable_cores() - 1
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_default_workers_take_every_core_on_the_cpu_and_leave_one_to_feed_a_gpu(
+    cores: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predict, "usable_cores", lambda: cores)
+    assert default_workers("cpu") == (cores if cores > 1 else 0) == default_workers()
+    assert default_workers(torch.device("cuda")) == cores - 1
+
+
+class _Timed:
+    """A runner that takes 50 ms per file and notes, in a file, when each decode starts (in any process)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def __call__(self, fn, path, *args, **kwargs):
+        start = time.monotonic()  # one clock for every process on Linux
+        time.sleep(0.05)
+        with self.log.open("a") as out:
+            out.write(f"{start}\n")
+        return fn(path, *args, **kwargs)
+
+
+def _model_windows(predictor: Predictor) -> list[list[float]]:
+    """Hooks that make each model call last 0.2 s and note when it starts and ends."""
+    windows: list[list[float]] = []
+    model = predictor.model
+    model.register_forward_pre_hook(lambda *_: windows.append([time.monotonic()]) or time.sleep(0.2))
+    model.register_forward_hook(lambda *_: windows[-1].append(time.monotonic()))
+    return windows
+
+
+def _started_inside(log: Path, windows: list[list[float]]) -> list[float]:
+    """Decodes that started while the model ran (10 ms after it started: a worker that passed the gate
+    just before it closed may start that late)."""
+    starts = [float(line) for line in log.read_text().split()]
+    return [t for t in starts for begin, end in windows if begin + 0.01 < t < end]
+
+
+def test_on_the_cpu_workers_decode_only_while_the_model_waits(eleven: Path, tmp_path: Path) -> None:
+    """The model's threads take every core, so the workers hold back while it runs (`Gate`)."""
+    torch.manual_seed(0)
+    predictor = Predictor(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), device="cpu", fast=False)
+    windows = _model_windows(predictor)
+    log = tmp_path / "decodes.txt"
+    studies = scan_folder(eleven).studies
+    chunks = list(predictor.iter_predictions(studies, batch_size=4, workers=2, runner=_Timed(log)))
+    assert [p.study_id for c in chunks for p in c] == [s.study_id for s in studies]
+    assert len(windows) == 3 and len(log.read_text().split()) == 12
+    assert _started_inside(log, windows) == []
+    assert any(t > windows[0][1] for t in map(float, log.read_text().split()))  # not all decoded up front
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -153,3 +202,19 @@ def test_a_checkpoint_replaced_before_it_loads_is_refused(eleven: Path, tmp_path
     save(TwoViewNet(ModelConfig.tiny(labels=("c", "d"))), path)
     with pytest.raises(CheckpointError, match="changed while it was in use"):
         list(lazy.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=0))
+
+
+def test_evaluation_workers_also_decode_only_while_the_model_waits(eleven: Path, tmp_path: Path) -> None:
+    from pipeline.data import StudyDataset
+    from pipeline.evaluate import predict_labelled
+
+    torch.manual_seed(0)
+    predictor = Predictor(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), device="cpu", fast=False)
+    windows = _model_windows(predictor)
+    log = tmp_path / "decodes.txt"
+    studies = scan_folder(eleven).studies
+    labels = torch.ones(len(studies), 2).numpy()
+    dataset = StudyDataset(studies, labels, config=predictor.config, runner=_Timed(log))
+    out = predict_labelled(predictor, dataset, batch_size=4, workers=2)
+    assert len(out.study_ids) == 11 and len(windows) == 3
+    assert _started_inside(log, windows) == []
