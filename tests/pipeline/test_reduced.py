@@ -120,6 +120,19 @@ def test_block_mean_rounds_full_and_edge_blocks_alike(shape: tuple[int, int], fa
             assert out[i, j] == np.floor(block.mean() + 0.5), (i, j)
 
 
+@pytest.mark.parametrize("shape, factor", [((1001, 777), 3), ((517, 64), 4), ((2048, 2048), 4)])
+def test_tall_images_are_averaged_band_by_band_exactly(shape: tuple[int, int], factor: int) -> None:
+    """Many rows of blocks (summed a band at a time, the last band short): the plain rounded mean."""
+    arr = np.random.default_rng(2).integers(0, 65536, shape).astype(np.uint16)
+    rows, cols = -(-shape[0] // factor) * factor, -(-shape[1] // factor) * factor
+    grid = (rows // factor, factor, cols // factor, factor)
+    padded = np.zeros((rows, cols)), np.zeros((rows, cols))
+    padded[0][: shape[0], : shape[1]], padded[1][: shape[0], : shape[1]] = arr, 1
+    sums, counts = (a.reshape(grid).sum(axis=(1, 3)) for a in padded)
+    assert shape[0] // factor > 2 * dicom._BAND_BLOCKS
+    np.testing.assert_array_equal(dicom._block_mean(arr, factor), np.floor(sums / counts + 0.5))
+
+
 @pytest.mark.parametrize("shape", [(224, 211), (100, 224), (223, 224), (224, 224)])
 def test_pad_square_is_monai_symmetric_padding(shape: tuple[int, int]) -> None:
     from monai.transforms import SpatialPad
