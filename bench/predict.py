@@ -170,6 +170,14 @@ def decode_per_core(studies: tuple[Study, ...], config: ModelConfig) -> float:
         torch.set_num_threads(threads)
 
 
+def _per_round(times: dict[str, list[float]], other: str, *, percent: bool = False) -> str:
+    """twoview against `other` within each round (runs minutes apart), and their median: steadier than
+    the ratio of medians where the machine's speed drifts during the run."""
+    ratios = [mine / theirs for mine, theirs in zip(times["twoview"], times[other], strict=True)]
+    shown = [f"{100 * r:.0f} %" if percent else f"{r:.2f}x" for r in (*ratios, statistics.median(ratios))]
+    return f"{', '.join(shown[:-1])}; median {shown[-1]}"
+
+
 #: `twoview predict` with MONAI imported whole first (so `models.monai_import` cannot trim it): the before.
 _FULL_MONAI = "import sys, monai; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -315,15 +323,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:<8} {value:7.2f} studies/s  {2 * value:7.1f} images/s  (range {spread} studies/s)")
     print(f"  decoding per core (one process, one thread): {per_core:.1f} images/s")
     print(
-        f"twoview / ceiling: {100 * rate['twoview'] / rate['ceiling']:.0f} % (target >= 70 % on CPU, >= 50 % on GPU)"
+        f"twoview / ceiling: {100 * rate['twoview'] / rate['ceiling']:.0f} % (target >= 70 % on CPU, >= 50 % on GPU); "
+        f"per round: {_per_round(times, 'ceiling', percent=True)}"
     )
     if "overlap" in rate:
         print(
             f"twoview / overlap: {rate['twoview'] / rate['overlap']:.2f}x (workers taking turns with the model, "
-            f"against decoding alongside it with {max(args.workers - 1, 1)} worker(s))"
+            f"against decoding alongside it with {max(args.workers - 1, 1)} worker(s)); "
+            f"per round: {_per_round(times, 'overlap')}"
         )
     if naive:
-        print(f"twoview / naive:   {rate['twoview'] / rate['naive']:.2f}x (target >= 3x on CPU)")
+        print(
+            f"twoview / naive:   {rate['twoview'] / rate['naive']:.2f}x (target >= 3x on CPU); "
+            f"per round: {_per_round(times, 'naive')}"
+        )
     print(
         f"`python -m pipeline.cli predict`: first batch written after {first:.2f} s, done after {total:.2f} s"
     )
