@@ -453,7 +453,8 @@ class PredictionOutput:
 
     Every engine writes through it a batch at a time: the sink first, then the batch's errors, then its
     rows, so a study in the output has its errors and its sink's files. `relative_to` writes file paths
-    relative to that folder (for files fetched into a working folder).
+    relative to that folder (for files fetched into a working folder). A run that fails removes the
+    files it created and wrote no row to: a header-only file would tie a rerun to this model's labels.
     """
 
     def __init__(
@@ -470,6 +471,7 @@ class PredictionOutput:
         self.deidentify = deidentify
         self.sink = sink
         self.relative_to = relative_to
+        self._created = [p for p in (Path(out_path), summary.errors_output) if not p.exists()]
         self.predictions = PredictionsFile(out_path, predictor.labels, predictor.thresholds)
         try:
             self.errors = ErrorsFile(summary.errors_output)
@@ -539,8 +541,16 @@ class PredictionOutput:
     def __enter__(self) -> PredictionOutput:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.close()
+        if exc_type is not None:
+            unused = {
+                self.predictions.path: not self.predictions.done,
+                self.errors.path: not self.errors.written,
+            }
+            for path in self._created:
+                if unused.get(path):
+                    path.unlink(missing_ok=True)
 
 
 def predict_folder(

@@ -22,6 +22,7 @@ from models.names import HEADS
 from models.twoview import TwoViewNet
 from pipeline import cli, predict
 from pipeline.errors import TwoviewError
+from pipeline.outputs import errors_path
 from pipeline.predict import Predictor, predict_folder, resolve_device
 from pipeline.studies import scan_folder
 from tests.pipeline.conftest import write_dicom, write_png
@@ -319,3 +320,24 @@ def test_untagged_image_of_unknown_view_is_set_aside_by_predict_with_the_reason(
     assert Path(error["path"]).name == "what.dcm" and error["kind"] == "unknown_view"
     assert error["reason"].startswith("unknown view: no view tags") and "confirm the view" in error["reason"]
     assert summary.set_aside == 1
+
+
+class _Refusing:
+    """A sink that fails at the first batch, as a PACS that refuses the results would."""
+
+    def write(self, predictions) -> None:
+        raise OSError("the results store refused the batch")
+
+
+def test_a_failed_run_removes_only_the_files_it_created_and_wrote_no_row_to(folder, checkpoint, tmp_path):
+    out = tmp_path / "out.csv"
+    with pytest.raises(OSError, match="refused"):
+        predict.predict_folder(folder, out, checkpoint, workers=0, device="cpu", sink=_Refusing())
+    assert not out.exists()  # created, no row: a header would tie a rerun to this model's labels
+    assert "notes.dcm" in errors_path(out).read_text()  # the scan's set-aside files were written: kept
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    predict.predict_folder(empty, out, checkpoint, workers=0, device="cpu")  # a header, from a run that ended
+    with pytest.raises(OSError, match="refused"):
+        predict.predict_folder(folder, out, checkpoint, workers=0, device="cpu", sink=_Refusing())
+    assert out.read_text().count("\n") == 1  # not this run's file: left as it was
