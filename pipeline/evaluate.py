@@ -46,7 +46,13 @@ def predict_labelled(
 ) -> LabelledPredictions:
     """Run a predictor over every study of a labelled dataset (studies with no readable view are left out)."""
     gate = predictor.gate(workers)
-    loader = DataLoader(Gated(dataset, gate), batch_size=batch_size, collate_fn=collate, num_workers=workers)
+    loader = DataLoader(
+        Gated(dataset, gate),
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=workers,
+        multiprocessing_context=gate.context if workers else None,
+    )
     heads: dict[str, list[torch.Tensor]] = {h: [] for h in OUTPUTS}
     labels, routes, ids = [], [], []
     with progress_bar(len(dataset), "studies") as progress:

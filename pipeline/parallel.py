@@ -51,11 +51,14 @@ class Gate:
     layer: a worker decoding on one core holds up all of them, so model and workers together run
     slower than taking turns (`bench/predict.py`: 13 against 10 studies/s on 2 cores). Workers call
     `wait` before each item; the model runs inside `closed()`. An inactive gate (model on a GPU, or no
-    worker processes) does nothing.
+    worker processes) does nothing. The workers must start from `context` (default: the default one).
     """
 
-    def __init__(self, active: bool = True) -> None:
-        self._open = multiprocessing.Event() if active else None
+    def __init__(
+        self, active: bool = True, context: multiprocessing.context.BaseContext | None = None
+    ) -> None:
+        self.context = context or multiprocessing.get_context()
+        self._open = self.context.Event() if active else None
         if self._open is not None:
             self._open.set()
         self._parent = os.getpid()
@@ -68,8 +71,9 @@ class Gate:
         """In a worker: return once the gate is open (or the process that made the gate is gone)."""
         if self._open is None or os.getpid() == self._parent:
             return
+        parent = os.getppid()  # the gate's maker, or a forkserver that exits when the maker does
         while not self._open.wait(timeout=1.0):
-            if os.getppid() != self._parent:  # orphaned: let the worker's own loop notice and exit
+            if os.getppid() != parent or not _alive(self._parent):  # orphaned: the worker's loop exits
                 return
 
     @contextmanager
@@ -83,6 +87,15 @@ class Gate:
             yield
         finally:
             self._open.set()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie still does, until its parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or its number reused by another user's process
+        return False
+    return True
 
 
 class Gated:

@@ -348,6 +348,7 @@ class Predictor:
             Gated(_Studies(studies, self, runner), gate or Gate(active=False)),
             batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
             num_workers=workers,
+            multiprocessing_context=gate.context if gate is not None and workers else None,
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
             worker_init_fn=worker_init if workers else None,
         )

@@ -8,9 +8,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.parallel import Gate, Gated
 
 fork = multiprocessing.get_context("fork")
+#: DataLoader workers start by the default method: fork here, forkserver from Python 3.14, spawn on macOS.
+METHODS = ["fork", "forkserver", "spawn"]
 
 
 def _wait_and_note(gate: Gate, done) -> None:
@@ -18,12 +22,14 @@ def _wait_and_note(gate: Gate, done) -> None:
     done.put(time.monotonic())
 
 
-def test_a_closed_gate_holds_a_worker_until_the_block_ends() -> None:
-    gate, done = Gate(), fork.Queue()
+@pytest.mark.parametrize("method", METHODS)
+def test_a_closed_gate_holds_a_worker_until_the_block_ends(method: str) -> None:
+    context = multiprocessing.get_context(method)
+    gate, done = Gate(context=context), context.Queue()
     with gate.closed():
-        worker = fork.Process(target=_wait_and_note, args=(gate, done))
+        worker = context.Process(target=_wait_and_note, args=(gate, done))
         worker.start()
-        time.sleep(0.5)
+        time.sleep(1.5)  # past the wait's one-second check of its parent
         assert done.empty()
         opened = time.monotonic()
     assert done.get(timeout=10) >= opened
@@ -54,11 +60,12 @@ def test_an_inactive_gate_does_nothing() -> None:
         gate.wait()
 
 
-def _orphan_maker(note: Path) -> None:
+def _orphan_maker(note: Path, method: str) -> None:
     """Close a gate, start a worker waiting on it, say so, and wait to be killed."""
-    gate = Gate()
+    context = multiprocessing.get_context(method)
+    gate = Gate(context=context)
     with gate.closed():
-        worker = fork.Process(target=_note_when_through, args=(gate, note))
+        worker = context.Process(target=_note_when_through, args=(gate, note))
         worker.start()
         note.with_suffix(".pid").write_text(str(worker.pid))
         time.sleep(60)
@@ -69,15 +76,17 @@ def _note_when_through(gate: Gate, note: Path) -> None:
     note.write_text("through")
 
 
-def test_a_worker_whose_parent_was_killed_stops_waiting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_worker_whose_parent_was_killed_stops_waiting(tmp_path: Path, method: str) -> None:
     """A parent killed while the model runs leaves no worker blocked for ever (it exits on its own)."""
     note = tmp_path / "note"
-    parent = fork.Process(target=_orphan_maker, args=(note,))
+    # spawned, so it starts its own forkserver rather than inherit this process's
+    parent = multiprocessing.get_context("spawn").Process(target=_orphan_maker, args=(note, method))
     parent.start()
     deadline = time.monotonic() + 10
     while not note.with_suffix(".pid").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(1.5)
     assert not note.exists()
     os.kill(parent.pid, signal.SIGKILL)
     parent.join(10)
