@@ -83,13 +83,17 @@ def _started_inside(log: Path, windows: list[list[float]]) -> list[float]:
     return [t for t in starts for begin, end in windows if begin + 0.01 < t < end]
 
 
-def test_on_the_cpu_workers_decode_only_while_the_model_waits(eleven: Path, tmp_path: Path) -> None:
-    """The model's threads take every core, so the workers hold back while it runs (`Gate`)."""
+@pytest.fixture
+def timed(eleven: Path, tmp_path: Path) -> tuple:
+    """A tiny CPU predictor whose calls last 0.2 s and note when, a file for the decodes, the studies."""
     torch.manual_seed(0)
     predictor = Predictor(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), device="cpu", fast=False)
-    windows = _model_windows(predictor)
-    log = tmp_path / "decodes.txt"
-    studies = scan_folder(eleven).studies
+    return predictor, _model_windows(predictor), tmp_path / "decodes.txt", scan_folder(eleven).studies
+
+
+def test_on_the_cpu_workers_decode_only_while_the_model_waits(timed: tuple) -> None:
+    """The model's threads take every core, so the workers hold back while it runs (`Gate`)."""
+    predictor, windows, log, studies = timed
     chunks = list(predictor.iter_predictions(studies, batch_size=4, workers=2, runner=_Timed(log)))
     assert [p.study_id for c in chunks for p in c] == [s.study_id for s in studies]
     assert len(windows) == 3 and len(log.read_text().split()) == 12
@@ -204,15 +208,11 @@ def test_a_checkpoint_replaced_before_it_loads_is_refused(eleven: Path, tmp_path
         list(lazy.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=0))
 
 
-def test_evaluation_workers_also_decode_only_while_the_model_waits(eleven: Path, tmp_path: Path) -> None:
+def test_evaluation_workers_also_decode_only_while_the_model_waits(timed: tuple) -> None:
     from pipeline.data import StudyDataset
     from pipeline.evaluate import predict_labelled
 
-    torch.manual_seed(0)
-    predictor = Predictor(TwoViewNet(ModelConfig.tiny(labels=("a", "b"))), device="cpu", fast=False)
-    windows = _model_windows(predictor)
-    log = tmp_path / "decodes.txt"
-    studies = scan_folder(eleven).studies
+    predictor, windows, log, studies = timed
     labels = torch.ones(len(studies), 2).numpy()
     dataset = StudyDataset(studies, labels, config=predictor.config, runner=_Timed(log))
     out = predict_labelled(predictor, dataset, batch_size=4, workers=2)
