@@ -91,6 +91,8 @@ class Gate:
 
 def _alive(pid: int) -> bool:
     """Whether process `pid` exists (a zombie still does, until its parent reaps it)."""
+    if os.name != "posix":  # signal 0 would end the process on Windows
+        return True
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):  # gone, or its number reused by another user's process
