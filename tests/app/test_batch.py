@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from app import common, markup
+from app import common, jobs, markup
 from app.jobs import BatchJob, JobError
 from pipeline.deidentify import DEIDENTIFY_KEY_ENV
 from tests.app.conftest import SAMPLE, button, texts
@@ -118,14 +119,19 @@ def test_a_file_the_job_did_not_write_is_never_shown_served_or_changed(open_page
     assert outside.read_text() == "root,$6$secret\n"
 
 
-def test_two_jobs_on_one_output_never_write_a_study_twice(open_page, app_env):
+def test_two_jobs_on_one_output_never_write_a_study_twice(open_page, app_env, monkeypatch):
     """Two Batch jobs writing the same output produced every study twice."""
-    first = start(open_page("batch"), str(SAMPLE), "shared.csv")
-    second = open_page("batch")  # another session is shown the running job, and cannot start one
-    assert button(second, "Start").disabled and button(second, "Stop")
-    job = first.session_state["batch_job"]
-    with pytest.raises(JobError, match="being written by another"):
-        BatchJob(SAMPLE, job.output, job.predictor).start()
+    release, predict = threading.Event(), jobs.predict_folder
+    monkeypatch.setattr(jobs, "predict_folder", lambda *a, **k: release.wait(60) and predict(*a, **k))
+    first = start(open_page("batch"), str(SAMPLE), "shared.csv")  # held before predicting until released
+    try:
+        second = open_page("batch")  # another session is shown the running job, and cannot start one
+        assert button(second, "Start").disabled and button(second, "Stop")
+        job = first.session_state["batch_job"]
+        with pytest.raises(JobError, match="being written by another"):
+            BatchJob(SAMPLE, job.output, job.predictor).start()
+    finally:
+        release.set()
     wait_until_done(first)
     again = start(open_page("batch"), str(SAMPLE), "shared.csv")  # after the first: resumes, adds nothing
     wait_until_done(again)
