@@ -344,11 +344,12 @@ class Predictor:
         """The batches the model gets, decoded one study per worker task and batched here, in order
         (what `iter_predictions` runs the model on; alone, it times the data path). Workers start each
         study only while `gate` is open."""
+        gate = gate or Gate(active=False)
         loader = DataLoader(
-            Gated(_Studies(studies, self, runner), gate or Gate(active=False)),
+            Gated(_Studies(studies, self, runner), gate),
             batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
             num_workers=workers,
-            multiprocessing_context=gate.context if gate is not None and workers else None,
+            multiprocessing_context=gate.context if workers else None,
             prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
             worker_init_fn=worker_init if workers else None,
         )
