@@ -24,6 +24,14 @@ def pytest_configure(config) -> None:
         os.environ["PATH"] = os.pathsep.join([scripts, path]) if path else scripts
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one test process more than there are cores. A third of the suite's time is spent
+    waiting (for app servers, browsers, `twoview` subprocesses), which a third process fills: on 2
+    cores the run took 442 s against 564 s with two."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores + 1
+
+
 @pytest.fixture
 def server(tmp_path):
     """A static file server on 127.0.0.1 that counts its requests."""
