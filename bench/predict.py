@@ -15,7 +15,12 @@ Prints the ratios (CPU targets: twoview >= 70 % of the ceiling and >= 3x naive; 
 ceiling) and, without a GPU here, the data path per core times 16 against the H200 model ceiling
 measured on 2026-11-30 (a projection, not a measurement). `--memory 50 500` also prints peak RSS.
 
-    python bench/predict.py [--device cpu] [--studies 24] [--workers N] [--batch-size 8] [--rounds 3]
+On the CPU it also prints twoview against its own time in model calls. This VM's speed drifts up to 2x
+within a minute, which a ceiling timed in a separate run cannot follow; the model calls inside twoview
+are timed against the ceiling too, so a data path that slowed the model would show there. 96 studies by
+default: 24 are three batches, and a quarter of their time is the start (scan, workers, first decode).
+
+    python bench/predict.py [--device cpu] [--studies 96] [--workers N] [--batch-size 8] [--rounds 3]
     python bench/predict.py --first-batch 5     # only the fresh-process start, five times
 """
 
@@ -91,17 +96,49 @@ def write_studies(folder: Path, count: int, sources: list[dict[str, pydicom.Data
     return folder
 
 
-def run_twoview(folder: Path, predictor: Predictor, args: argparse.Namespace, out: Path) -> float:
-    """Studies per second of `predict_folder`, scan and CSV writing included."""
+class ModelClock:
+    """Seconds `predictor` spent in its model calls (on the CPU, where a call returns when it is done)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.seconds = 0.0
+        self._launch = predictor._launch
+        predictor._launch = self  # an instance attribute: `_stream` calls it in place of the method
+
+    def __call__(self, batch):
+        start = time.perf_counter()
+        try:
+            return self._launch(batch)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def stop(self, predictor: Predictor) -> None:
+        del predictor._launch
+
+
+def run_twoview(
+    folder: Path,
+    predictor: Predictor,
+    args: argparse.Namespace,
+    out: Path,
+    model_rates: list[float] | None = None,
+) -> float:
+    """Studies per second of `predict_folder`, scan and CSV writing included. With `model_rates`, the
+    model's own rate within the run (studies / seconds in model calls) is appended to it."""
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
-    start = time.perf_counter()
-    summary = predict_folder(
-        folder, out, batch_size=args.batch_size, workers=args.workers, predictor=predictor
-    )
-    seconds = time.perf_counter() - start
+    clock = ModelClock(predictor)
+    try:
+        start = time.perf_counter()
+        summary = predict_folder(
+            folder, out, batch_size=args.batch_size, workers=args.workers, predictor=predictor
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        clock.stop(predictor)
     if summary.predicted != args.studies or summary.routes["joint"] != args.studies:
         raise SystemExit(f"expected {args.studies} two-view predictions, got {summary}")
+    if model_rates is not None:
+        model_rates.append(args.studies / clock.seconds)
     return args.studies / seconds
 
 
@@ -243,7 +280,7 @@ def memory(tmp: Path, sources, model: TwoViewNet, args: argparse.Namespace) -> N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--studies", type=int, default=24, help="two-view studies to time (default: 24)")
+    parser.add_argument("--studies", type=int, default=96, help="two-view studies to time (default: 96)")
     parser.add_argument("--side", type=int, default=2048, help="phantom size in pixels (default: 2048)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, help="decoding workers (default: as `twoview predict`)")
@@ -293,8 +330,9 @@ def main(argv: list[str] | None = None) -> None:
         studies = scan_folder(folder).studies
         per_core = decode_per_core(studies, model.config)
         batches = [b.batch for b in predictor.batches(studies, batch_size=args.batch_size, workers=0)]
+        in_run: list[float] = []  # the model's rate inside each twoview run
         runs = {
-            "twoview": lambda: run_twoview(folder, predictor, args, tmp / "out.csv"),
+            "twoview": lambda: run_twoview(folder, predictor, args, tmp / "out.csv", in_run),
             "ceiling": lambda: run_ceiling(batches, predictor, args.studies),
             "data": lambda: run_data(studies, predictor, args),
         }
@@ -326,6 +364,18 @@ def main(argv: list[str] | None = None) -> None:
         f"twoview / ceiling: {100 * rate['twoview'] / rate['ceiling']:.0f} % (target >= 70 % on CPU, >= 50 % on GPU); "
         f"per round: {_per_round(times, 'ceiling', percent=True)}"
     )
+    if args.device == "cpu":
+        times["in run"] = in_run
+        print(
+            f"twoview / its own model time: {_per_round(times, 'in run', percent=True)} (the share of each "
+            f"twoview run spent in model calls: the ratio to the ceiling without the machine's drift between runs)"
+        )
+        model_speed = [mine / alone for mine, alone in zip(in_run, times["ceiling"], strict=True)]
+        print(
+            "model calls inside twoview / ceiling: "
+            f"{', '.join(f'{r:.2f}x' for r in model_speed)}; median {statistics.median(model_speed):.2f}x "
+            "(1x: the data path does not slow the model)"
+        )
     if "overlap" in rate:
         print(
             f"twoview / overlap: {rate['twoview'] / rate['overlap']:.2f}x (workers taking turns with the model, "
