@@ -25,9 +25,9 @@ def pytest_configure(config) -> None:
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one test process more than there are cores. A third of the suite's time is spent
-    waiting (for app servers, browsers, `twoview` subprocesses), which a third process fills: on 2
-    cores the run took 442 s against 564 s with two."""
+    """`-n auto`: one test process more than there are cores. Much of the suite waits (on app servers,
+    browsers, `twoview` subprocesses): on 2 cores, two processes kept 1.23 cores busy on average, three
+    kept 1.3 (the run took 442-564 s, as fast as the VM was that hour)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cores + 1
 
