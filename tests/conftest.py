@@ -26,8 +26,8 @@ def pytest_configure(config) -> None:
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one test process more than there are cores. Much of the suite waits (on app servers,
-    browsers, `twoview` subprocesses): on 2 cores, two processes kept 1.23 cores busy on average, three
-    kept 1.3 (the run took 442-564 s, as fast as the VM was that hour)."""
+    browsers, `twoview` subprocesses): on 2 cores, two processes kept 1.32 cores busy on average, three
+    kept 1.4 (the run took 442-564 s, as fast as the VM was that hour)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cores + 1
 
