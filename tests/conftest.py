@@ -24,6 +24,7 @@ def pytest_configure(config) -> None:
         os.environ["PATH"] = os.pathsep.join([scripts, path]) if path else scripts
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest -p no:xdist still runs
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one test process more than there are cores. Much of the suite waits (on app servers,
     browsers, `twoview` subprocesses): on 2 cores, two processes kept 1.32 cores busy on average, three
