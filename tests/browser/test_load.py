@@ -97,7 +97,7 @@ async def session(browser, url: str, files: list[str], start: asyncio.Barrier) -
     context = await browser.new_context(viewport={"width": 1400, "height": 2000})
     try:
         page = await context.new_page()
-        await page.goto(url)
+        await page.goto(url, timeout=120_000)  # eight pages load at once beside the other test processes
         await page.get_by_text("Upload files").click(timeout=60_000)  # Predict lands on a sample study
         await page.locator("input[type=file]").set_input_files(files, timeout=60_000)
         button = page.get_by_role("button", name="Predict")
