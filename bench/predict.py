@@ -97,12 +97,20 @@ def write_studies(folder: Path, count: int, sources: list[dict[str, pydicom.Data
 
 
 class ModelClock:
-    """Seconds `predictor` spent in its model calls (on the CPU, where a call returns when it is done)."""
+    """Seconds `predictor` spends in its model calls while inside the block (on the CPU, where a call
+    returns when it is done)."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.seconds = 0.0
+        self._predictor = predictor
         self._launch = predictor._launch
-        predictor._launch = self  # an instance attribute: `_stream` calls it in place of the method
+
+    def __enter__(self) -> ModelClock:
+        self._predictor._launch = self  # an instance attribute: `_stream` calls it in place of the method
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self._predictor._launch
 
     def __call__(self, batch):
         start = time.perf_counter()
@@ -110,9 +118,6 @@ class ModelClock:
             return self._launch(batch)
         finally:
             self.seconds += time.perf_counter() - start
-
-    def stop(self, predictor: Predictor) -> None:
-        del predictor._launch
 
 
 def run_twoview(
@@ -126,15 +131,12 @@ def run_twoview(
     model's own rate within the run (studies / seconds in model calls) is appended to it."""
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
-    clock = ModelClock(predictor)
-    try:
+    with ModelClock(predictor) as clock:
         start = time.perf_counter()
         summary = predict_folder(
             folder, out, batch_size=args.batch_size, workers=args.workers, predictor=predictor
         )
         seconds = time.perf_counter() - start
-    finally:
-        clock.stop(predictor)
     if summary.predicted != args.studies or summary.routes["joint"] != args.studies:
         raise SystemExit(f"expected {args.studies} two-view predictions, got {summary}")
     if model_rates is not None:
