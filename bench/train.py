@@ -4,14 +4,19 @@ Generates phantom studies, then runs `twoview train`'s own Trainer setup for a f
 callback that times each step and the gap before it (the DataLoader wait). Epoch 0 fills the
 decoded-image cache; later epochs read it. Then times the cached data path alone in this process on
 one thread (what one DataLoader worker does per study: cache read, augmentation, normalisation) and
-prints it per core and times 12 workers, against the GPU target of 1,500 images/s.
+prints it per core and times 12 workers, against the GPU target of 1,500 images/s. Last, the training
+step alone (forward, loss, backward, AdamW) on a fixed mixed batch, with the network's weights in
+channels-last memory (what `twoview train` uses) against contiguous, interleaved, in float32 and, where
+the CPU has fast bf16, bf16 autocast (`bf16-mixed`).
 
     python bench/train.py [--studies 64] [--epochs 3] [--size 224] [--arch densenet121] [--workers 2]
+    python bench/train.py --steps-only [--step-rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -21,6 +26,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from models.config import ModelConfig
+from models.losses import MultiViewLoss
+from models.twoview import TwoViewNet, fast_dtype
 from pipeline import train as training
 from pipeline.data import StudyDataset, worker_init
 from pipeline.datamodule import StudyDataModule
@@ -58,7 +66,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on a bf16 CPU, else 32-true")
+    parser.add_argument("--step-rounds", type=int, default=3, help="interleaved rounds of the step alone")
+    parser.add_argument("--steps-only", action="store_true", help="only the training step alone")
     args = parser.parse_args()
+    if not args.steps_only:
+        run_trainer(args)
+    print_layouts(args)
+
+
+def run_trainer(args: argparse.Namespace) -> None:
+    """`twoview train`'s Trainer on phantom studies: images/s and data wait per epoch."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_dataset(data, n_studies=args.studies, seed=7, size=1024)
@@ -116,6 +133,72 @@ def cached_rate(settings: training.TrainSettings) -> float:
         return images / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
+
+
+def step_rate(
+    net: TwoViewNet, batch: tuple[torch.Tensor, ...], dtype: torch.dtype | None, steps: int
+) -> float:
+    """Images per second of whole training steps (after one untimed step) in the net's current layout."""
+    frontal, lateral, has_frontal, has_lateral, labels = batch
+    loss_fn = MultiViewLoss()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = loss_fn(net(frontal, lateral, has_frontal, has_lateral), labels).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    images = int(has_frontal.sum() + has_lateral.sum())
+    return steps * images / (time.perf_counter() - start)
+
+
+def print_layouts(args: argparse.Namespace, steps: int = 2) -> None:
+    """The training step alone, channels-last against contiguous weights, interleaved rounds."""
+    base = ModelConfig.tiny() if args.arch == "tiny" else ModelConfig()
+    config = dataclasses.replace(base, image_size=args.size)
+    torch.manual_seed(0)
+    net = TwoViewNet(config).train()
+    b, side = args.batch_size, config.image_size
+    has_frontal = torch.arange(b) % 8 != 7  # 6 in 8 two-view, 1 frontal-only, 1 lateral-only
+    has_lateral = torch.arange(b) % 8 != 6
+    batch = (
+        torch.rand(b, 1, side, side),
+        torch.rand(b, 1, side, side),
+        has_frontal,
+        has_lateral,
+        (torch.rand(b, config.num_labels) > 0.7).float(),
+    )
+    precisions = {"32-true": None}
+    if fast_dtype(torch.device("cpu")) == torch.bfloat16:
+        precisions["bf16-mixed"] = torch.bfloat16
+    rates: dict[tuple[str, bool], list[float]] = {}
+    for _ in range(args.step_rounds):
+        for name, dtype in precisions.items():
+            for last in (False, True):
+                net.channels_last(last)
+                rates.setdefault((name, last), []).append(step_rate(net, batch, dtype, steps))
+    print(
+        f"training step alone: {args.arch} at {side} px, batch {b} (6 in 8 two-view), {steps} steps x "
+        f"{args.step_rounds} interleaved rounds, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
+    )
+    for name in precisions:
+        contiguous, last = rates[(name, False)], rates[(name, True)]
+        ratios = [c / p for c, p in zip(last, contiguous, strict=True)]
+        print(
+            f"  {name:10s} contiguous {statistics.median(contiguous):6.1f} images/s, channels-last "
+            f"{statistics.median(last):6.1f}: {statistics.median(ratios):.2f}x "
+            f"(per round {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+    if len(precisions) > 1:
+        fp32, bf16 = rates[("32-true", True)], rates[("bf16-mixed", True)]
+        ratios = [b / f for b, f in zip(bf16, fp32, strict=True)]
+        print(f"  bf16-mixed / 32-true, channels-last: {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ class TwoViewNet(nn.Module):
         self.lateral = copy.deepcopy(self.frontal)  # same start, independent parameters
         self.joint = _Fusion(self.config, trunk_channels(self.config))
         self.inference_dtype: torch.dtype | None = None
+        self.memory_format = torch.contiguous_format
         # Pad each view's rows to a multiple of this (None: exact sizes). In training the repeated rows
         # take part in BatchNorm's batch statistics (a row counted up to twice); their outputs are dropped.
         self.shape_bucket: int | None = None
@@ -241,9 +242,7 @@ class TwoViewNet(nn.Module):
         return has_frontal, has_lateral
 
     def _prepare(self, images: Tensor) -> Tensor:
-        if self.inference_dtype is not None:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
+        return images.contiguous(memory_format=self.memory_format)
 
     def _autocast(self, device: torch.device):
         if self.inference_dtype is None or self.training:
@@ -259,12 +258,21 @@ class TwoViewNet(nn.Module):
         device = next(self.parameters()).device
         self.inference_dtype = dtype if dtype is not None else fast_dtype(device)
         self.eval()
-        return self.to(memory_format=torch.channels_last)
+        return self.channels_last()
 
     def plain(self) -> TwoViewNet:
         """Undo `fast()`: float32, contiguous memory."""
         self.inference_dtype = None
-        return self.to(memory_format=torch.contiguous_format)
+        return self.channels_last(False)
+
+    def channels_last(self, on: bool = True) -> TwoViewNet:
+        """Weights, and the images `forward` is given, in channels-last memory (or back to contiguous).
+
+        oneDNN and cuDNN pick their fastest convolutions for it, in training as in inference: a
+        DenseNet121 pair's training step on a bf16 CPU ran 1.6-1.9x faster (see bench/RESULTS.md).
+        """
+        self.memory_format = torch.channels_last if on else torch.contiguous_format
+        return self.to(memory_format=self.memory_format)
 
 
 def fast_dtype(device: torch.device) -> torch.dtype | None:

@@ -77,7 +77,8 @@ class TrainSettings:
     )
     grad_clip: float = option(1.0, "gradient norm clipping (0: none)")
     precision: str | None = option(
-        None, "Lightning precision, e.g. 32-true, bf16-mixed (default: mixed on a GPU)"
+        None,
+        "Lightning precision, e.g. 32-true, bf16-mixed (default: mixed on a GPU or a CPU with fast bf16)",
     )
     accelerator: str = option("auto", "auto, cpu or gpu")
     devices: str = option("auto", "number of devices or a list like 0,1")

@@ -170,6 +170,31 @@ def test_fast_path_matches_float32():
         torch.testing.assert_close(net(*batch).final, reference.final.logit())
 
 
+def test_channels_last_trains_as_contiguous():
+    """The training layout changes memory order only: same outputs and gradients, within float error."""
+    torch.manual_seed(0)
+    net = TwoViewNet(ModelConfig.tiny(image_size=64)).train()
+    batch = make_batch(MIXED)
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        net.zero_grad()
+        final = net(*batch).final
+        final.nan_to_num().sum().backward()
+        return final, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    reference, grads = step()
+    net.channels_last()
+    convs = [p for p in net.parameters() if p.ndim == 4 and p.shape[2:] != (1, 1)]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    final, last_grads = step()
+    torch.testing.assert_close(final, reference, rtol=1e-4, atol=1e-5, equal_nan=True)
+    assert last_grads.keys() == grads.keys()
+    for name, grad in last_grads.items():
+        torch.testing.assert_close(grad, grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    net.channels_last(False)
+    assert all(p.is_contiguous() for p in net.parameters())
+
+
 def test_view_logits_sigmoid_keeps_nan_and_routes(net):
     with torch.no_grad():
         out = net(*make_batch(MIXED))

@@ -16,6 +16,7 @@ import torch
 from models.checkpoint import load, read_config
 from models.config import SYNTHETIC_NOTICE
 from models.losses import MultiViewLoss
+from models.twoview import fast_dtype
 from pipeline.data import StudyDataset, collate
 from pipeline.datamodule import patient_split
 from pipeline.errors import TrainError
@@ -77,12 +78,32 @@ def training_loss(net) -> float:
     return float(MultiViewLoss()(logits, batch.labels).total)
 
 
+class LayoutProbe(pl.Callback):
+    """Records the precision and the weights' memory layout the Trainer trains with."""
+
+    def __init__(self) -> None:
+        self.module = None
+        self.layouts: set[bool] = set()
+        self.precision = ""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.module, self.precision = module, trainer.precision
+        convs = [p for p in module.net.parameters() if p.ndim == 4 and p.shape[2:] != (1, 1)]
+        self.layouts |= {p.is_contiguous(memory_format=torch.channels_last) for p in convs}
+
+
 def test_training_lowers_the_loss_and_leaves_a_complete_run(tmp_path):
     out = tmp_path / "run"
     run = settings(out, epochs=3, batch_size=2, lr=1e-2, warmup_epochs=0.0)
     pl.seed_everything(run.seed, verbose=False)  # as fit does, so this is the network it starts from
     start = training_loss(build_start_model(run, tuple(read_manifest(MANIFEST).label_names)))
-    result = fit(run)
+    probe = LayoutProbe()
+    result = fit(run, callbacks=[probe])
+    assert probe.layouts == {True}  # channels-last weights in every step
+    assert all(p.is_contiguous() for p in probe.module.net.parameters())  # and contiguous again after
+    assert probe.precision == (
+        "bf16-mixed" if fast_dtype(torch.device("cpu")) == torch.bfloat16 else "32-true"
+    )
     assert training_loss(load(out / "last.safetensors")) < 0.95 * start
     series = read_metrics(out / "metrics.csv")
     assert sorted({epoch for epoch, _ in series["train/loss"]}) == [0, 1, 2]
