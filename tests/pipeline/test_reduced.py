@@ -151,6 +151,26 @@ def test_block_mean_does_not_overflow_and_keeps_signed_values() -> None:
     assert dicom._block_mean(floats, 2).tolist() == [[0.75]]
 
 
+@pytest.mark.parametrize("bits", [8, 10, 12, 13, 14, 15, 16])
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 8])
+def test_block_mean_of_known_bits_sums_in_narrow_types_exactly(bits: int, factor: int) -> None:
+    """Bits Stored bounds the values, so sums may run in 16 bits: the same means, even at the top value."""
+    top = (1 << bits) - 1
+    rng = np.random.default_rng(bits * factor)
+    for arr in (
+        np.full((67, 61), top, dtype=np.uint16),
+        rng.integers(0, top + 1, (300, 141)).astype(np.uint16),
+        rng.integers(top - 3, top + 1, (37, 43)).astype(np.uint16),
+    ):
+        rows, cols = -(-arr.shape[0] // factor) * factor, -(-arr.shape[1] // factor) * factor
+        padded = np.zeros((2, rows, cols))
+        padded[0, : arr.shape[0], : arr.shape[1]], padded[1, : arr.shape[0], : arr.shape[1]] = arr, 1
+        sums, counts = padded.reshape(2, rows // factor, factor, cols // factor, factor).sum(axis=(2, 4))
+        expected = np.floor(sums / counts + 0.5)
+        np.testing.assert_array_equal(dicom._block_mean(arr, factor, bits=bits), expected)
+    assert dicom._accumulator(65535) == np.uint16 and dicom._accumulator(65536) == np.uint32
+
+
 def test_block_mean_keeps_padding_out_of_the_average() -> None:
     arr = np.full((4, 4), 1000, dtype=np.uint16)
     arr[:2, :2] = 0  # one block all padding
