@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader
 from models.atomic import write_atomic
 from models.names import OUTPUTS
 from models.twoview import TwoViewNet
-from pipeline.data import StudyDataset, collate
+from pipeline.data import StudyDataset, collate, worker_init
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.parallel import Gated
 from pipeline.plots import plot_roc_curves
-from pipeline.predict import Predictor, default_workers, load_model
+from pipeline.predict import Predictor, batched, default_workers, load_model, prefetch_factor
 from pipeline.progress import progress_bar
 
 __all__ = ["LabelledPredictions", "evaluate", "predict_labelled", "score"]
@@ -44,19 +44,23 @@ class LabelledPredictions:
 def predict_labelled(
     predictor: Predictor, dataset: StudyDataset, batch_size: int = 16, workers: int = 0
 ) -> LabelledPredictions:
-    """Run a predictor over every study of a labelled dataset (studies with no readable view are left out)."""
+    """Run a predictor over every study of a labelled dataset (studies with no readable view are left out).
+
+    Workers decode one study per task, as `Predictor.batches` does, and the batches are made here.
+    """
     gate = predictor.gate(workers)
     loader = DataLoader(
         Gated(dataset, gate),
-        batch_size=batch_size,
-        collate_fn=collate,
+        batch_size=None,
         num_workers=workers,
         multiprocessing_context=gate.context if workers else None,
+        prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
+        worker_init_fn=worker_init if workers else None,
     )
     heads: dict[str, list[torch.Tensor]] = {h: [] for h in OUTPUTS}
     labels, routes, ids = [], [], []
     with progress_bar(len(dataset), "studies") as progress:
-        for batch in loader:
+        for batch in map(collate, batched(loader, batch_size)):
             progress.update(len(batch))
             if len(batch) == 0:
                 continue

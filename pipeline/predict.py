@@ -47,6 +47,7 @@ __all__ = [
     "PredictionOutput",
     "Predictor",
     "StudyPrediction",
+    "batched",
     "decode_errors",
     "default_workers",
     "failed_prediction",
@@ -54,6 +55,7 @@ __all__ = [
     "load_model",
     "model_file",
     "predict_folder",
+    "prefetch_factor",
     "resolve_device",
     "start_summary",
     "study_prediction",
@@ -199,7 +201,7 @@ def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> 
     )
 
 
-def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of `size` items (the last may be shorter)."""
     batch: list[T] = []
     for item in items:
@@ -354,7 +356,7 @@ class Predictor:
             worker_init_fn=worker_init if workers else None,
         )
         decoding = iter(loader)  # the workers start now, not at the caller's first `next`
-        return (_collate(items) for items in _batches(decoding, batch_size))
+        return (_collate(items) for items in batched(decoding, batch_size))
 
     def _stream(
         self, studies: Sequence[Study], batch_size: int, workers: int, runner: Runner

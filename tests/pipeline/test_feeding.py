@@ -12,7 +12,7 @@ import torch
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline import predict
-from pipeline.predict import Predictor, _batches, default_workers, prefetch_factor
+from pipeline.predict import Predictor, batched, default_workers, prefetch_factor
 from pipeline.studies import scan_folder
 from tests.pipeline.conftest import write_dicom
 
@@ -35,8 +35,8 @@ def predictor() -> Predictor:
 
 
 def test_batches_are_consecutive_and_the_last_may_be_short() -> None:
-    assert list(_batches(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(_batches([], 3)) == []
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batched([], 3)) == []
 
 
 def test_prefetch_keeps_two_batches_in_flight() -> None:
@@ -218,3 +218,29 @@ def test_evaluation_workers_also_decode_only_while_the_model_waits(timed: tuple)
     out = predict_labelled(predictor, dataset, batch_size=4, workers=2)
     assert len(out.study_ids) == 11 and len(windows) == 3
     assert _started_inside(log, windows) == []
+
+
+def test_evaluation_workers_decode_single_studies_in_order(
+    eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import evaluate
+    from pipeline.data import StudyDataset
+
+    made: dict = {}
+    real = evaluate.DataLoader
+
+    def spy(*args, **kwargs):
+        made.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "DataLoader", spy)
+    studies = scan_folder(eleven).studies
+    labels = torch.arange(2 * len(studies), dtype=torch.float32).reshape(-1, 2).numpy()
+    dataset = StudyDataset(studies, labels, config=predictor.config)
+    out = evaluate.predict_labelled(predictor, dataset, batch_size=4, workers=2)
+    assert made["batch_size"] is None and made["prefetch_factor"] == prefetch_factor(4, 2)
+    assert made["worker_init_fn"] is not None
+    kept = [s.study_id for s in studies if s.study_id != "1.2.5"]  # its only image cannot be decoded
+    assert out.study_ids == kept
+    rows = [i for i, s in enumerate(studies) if s.study_id != "1.2.5"]
+    torch.testing.assert_close(out.labels, torch.from_numpy(labels[rows]))
