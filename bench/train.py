@@ -10,7 +10,7 @@ channels-last memory (what `twoview train` uses) against contiguous, interleaved
 the CPU has fast bf16, bf16 autocast (`bf16-mixed`).
 
     python bench/train.py [--studies 64] [--epochs 3] [--size 224] [--arch densenet121] [--workers 2]
-    python bench/train.py --steps-only [--step-rounds 5]
+    python bench/train.py --steps-only [--step-rounds 5] [--step-device cuda --batch-size 64]
 """
 
 from __future__ import annotations
@@ -66,12 +66,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on a bf16 CPU, else 32-true")
-    parser.add_argument("--step-rounds", type=int, default=3, help="interleaved rounds of the step alone")
+    parser.add_argument("--step-rounds", type=int, default=3, help="interleaved rounds of the step alone (0: none)")
     parser.add_argument("--steps-only", action="store_true", help="only the training step alone")
+    parser.add_argument(
+        "--step-device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the step alone runs (default: the GPU if there is one)",
+    )
     args = parser.parse_args()
     if not args.steps_only:
         run_trainer(args)
-    print_layouts(args)
+    if args.step_rounds > 0:
+        print_layouts(args)
 
 
 def run_trainer(args: argparse.Namespace) -> None:
@@ -138,44 +144,57 @@ def cached_rate(settings: training.TrainSettings) -> float:
 def step_rate(
     net: TwoViewNet, batch: tuple[torch.Tensor, ...], dtype: torch.dtype | None, steps: int
 ) -> float:
-    """Images per second of whole training steps (after one untimed step) in the net's current layout."""
+    """Images per second of whole training steps (after one untimed step) in the net's current layout,
+    on the images' device (the view masks stay on the CPU, as the Trainer keeps them)."""
     frontal, lateral, has_frontal, has_lateral, labels = batch
+    device = frontal.device
     loss_fn = MultiViewLoss()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = loss_fn(net(frontal, lateral, has_frontal, has_lateral), labels).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    def done() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     step()
+    done()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    done()
     images = int(has_frontal.sum() + has_lateral.sum())
     return steps * images / (time.perf_counter() - start)
 
 
-def print_layouts(args: argparse.Namespace, steps: int = 2) -> None:
+def print_layouts(args: argparse.Namespace) -> None:
     """The training step alone, channels-last against contiguous weights, interleaved rounds."""
+    device = torch.device(args.step_device)
     base = ModelConfig.tiny() if args.arch == "tiny" else ModelConfig()
     config = dataclasses.replace(base, image_size=args.size)
     torch.manual_seed(0)
-    net = TwoViewNet(config).train()
+    net = TwoViewNet(config).train().to(device)
+    if device.type == "cuda":  # as the Trainer runs there: cuDNN autotuning, rows padded to a multiple of 8
+        torch.backends.cudnn.benchmark = True
+        net.shape_bucket = training.SHAPE_BUCKET
     b, side = args.batch_size, config.image_size
     has_frontal = torch.arange(b) % 8 != 7  # 6 in 8 two-view, 1 frontal-only, 1 lateral-only
     has_lateral = torch.arange(b) % 8 != 6
     batch = (
-        torch.rand(b, 1, side, side),
-        torch.rand(b, 1, side, side),
+        torch.rand(b, 1, side, side, device=device),
+        torch.rand(b, 1, side, side, device=device),
         has_frontal,
         has_lateral,
-        (torch.rand(b, config.num_labels) > 0.7).float(),
+        (torch.rand(b, config.num_labels, device=device) > 0.7).float(),
     )
+    steps = 20 if device.type == "cuda" else 2
     precisions = {"32-true": None}
-    if fast_dtype(torch.device("cpu")) == torch.bfloat16:
+    if fast_dtype(device) == torch.bfloat16:
         precisions["bf16-mixed"] = torch.bfloat16
     rates: dict[tuple[str, bool], list[float]] = {}
     for _ in range(args.step_rounds):
@@ -183,9 +202,10 @@ def print_layouts(args: argparse.Namespace, steps: int = 2) -> None:
             for last in (False, True):
                 net.channels_last(last)
                 rates.setdefault((name, last), []).append(step_rate(net, batch, dtype, steps))
+    where = "GPU" if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
         f"training step alone: {args.arch} at {side} px, batch {b} (6 in 8 two-view), {steps} steps x "
-        f"{args.step_rounds} interleaved rounds, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
+        f"{args.step_rounds} interleaved rounds, {device.type} ({where}), load {os.getloadavg()[0]:.1f}"
     )
     for name in precisions:
         contiguous, last = rates[(name, False)], rates[(name, True)]
@@ -199,6 +219,8 @@ def print_layouts(args: argparse.Namespace, steps: int = 2) -> None:
         fp32, bf16 = rates[("32-true", True)], rates[("bf16-mixed", True)]
         ratios = [b / f for b, f in zip(bf16, fp32, strict=True)]
         print(f"  bf16-mixed / 32-true, channels-last: {statistics.median(ratios):.2f}x")
+    if device.type == "cuda":
+        print("  GPU training target: >= 1,500 images/s")
 
 
 if __name__ == "__main__":

@@ -111,17 +111,23 @@ def test_studies_come_back_in_order_in_batches(eleven: Path, predictor: Predicto
     assert [p.study_id for p in failed] == ["1.2.5"] and "cannot be decoded" in failed[0].errors[0].reason
 
 
-def test_workers_decode_single_studies_not_batches(
-    eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def spy_on_dataloader(monkeypatch: pytest.MonkeyPatch, module) -> dict:
+    """The keyword arguments `module`'s next DataLoader is made with (filled in when it is made)."""
     made: dict = {}
-    real = predict.DataLoader
+    real = module.DataLoader
 
     def spy(*args, **kwargs):
         made.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "DataLoader", spy)
+    monkeypatch.setattr(module, "DataLoader", spy)
+    return made
+
+
+def test_workers_decode_single_studies_not_batches(
+    eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = spy_on_dataloader(monkeypatch, predict)
     list(predictor.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=2))
     assert made["batch_size"] is None and made["num_workers"] == 2
     assert made["prefetch_factor"] == prefetch_factor(4, 2)
@@ -226,14 +232,7 @@ def test_evaluation_workers_decode_single_studies_in_order(
     from pipeline import evaluate
     from pipeline.data import StudyDataset
 
-    made: dict = {}
-    real = evaluate.DataLoader
-
-    def spy(*args, **kwargs):
-        made.update(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "DataLoader", spy)
+    made = spy_on_dataloader(monkeypatch, evaluate)
     studies = scan_folder(eleven).studies
     labels = torch.arange(2 * len(studies), dtype=torch.float32).reshape(-1, 2).numpy()
     dataset = StudyDataset(studies, labels, config=predictor.config)
