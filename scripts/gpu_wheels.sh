@@ -7,7 +7,6 @@
 #   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=480)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 rm -rf .whl && mkdir .whl
 locked() { grep -i "^$1==" requirements.lock | head -1; }
 platforms=()
