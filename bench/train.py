@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on a bf16 CPU, else 32-true")
-    parser.add_argument("--step-rounds", type=int, default=3, help="interleaved rounds of the step alone (0: none)")
+    parser.add_argument(
+        "--step-rounds", type=int, default=3, help="interleaved rounds of the step alone (0: none)"
+    )
     parser.add_argument("--steps-only", action="store_true", help="only the training step alone")
     parser.add_argument(
         "--step-device",

@@ -21,12 +21,13 @@ from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLoss
 
 import pipeline.dicom as dicom
 from models.config import ModelConfig
+from pipeline import transforms
 from pipeline.data import ImageCache, StudyDataset, collate
 from pipeline.dicom import XrayImage, read_image
 from pipeline.errors import ImageError
 from pipeline.predict import Predictor, load_model
 from pipeline.studies import scan_folder
-from pipeline.transforms import pad_square, preprocess, resize_reduced
+from pipeline.transforms import pad_square, preprocess, preprocess_transform, resize_reduced
 from tests.pipeline.badfiles import BadCase, _dataset, _save, make_bad_corpus
 
 REAL_DEV = Path(
@@ -84,16 +85,16 @@ def write(path: Path, pixels: np.ndarray, syntax: str | None = None, **tags) -> 
     return _save(ds, path)
 
 
-def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list:
-    """Wrap `pipeline.dicom.<name>` so a test sees each result it returns."""
-    real = getattr(dicom, name)
+def counting(monkeypatch: pytest.MonkeyPatch, name: str, module=dicom) -> list:
+    """Wrap `<module>.<name>` (default `pipeline.dicom`) so a test sees each result it returns."""
+    real = getattr(module, name)
     seen: list[np.ndarray | None] = []
 
     def spy(*args, **kwargs):
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(dicom, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return seen
 
 
@@ -327,17 +328,37 @@ def test_resize_reduced_is_monai_area_resize_of_the_full_image(shape: tuple[int,
         blocks = rng.random((-(-shape[0] // reduction), -(-shape[1] // reduction))).astype(np.float32)
         full = np.kron(blocks, np.ones((reduction, reduction), np.float32))[: shape[0], : shape[1]]
         config = ModelConfig.tiny(image_size=64)
-        expected = preprocess(full, config)
+        expected = np.asarray(preprocess_transform(config)(full[None]))  # MONAI's, whatever the size
         got = preprocess(blocks, config, full_size=shape, reduction=reduction) if reduction > 1 else None
         if got is not None:
             np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(
         resize_reduced(full, shape, 1, 64),
-        preprocess(full, config)[0][
+        expected[0][
             tuple(slice((64 - n) // 2, (64 - n) // 2 + n) for n in resize_reduced(full, shape, 1, 64).shape)
         ],
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "shape", [(895, 700), (512, 512), (424, 398), (225, 223), (150, 120), (64, 300), (299, 1)]
+)
+def test_small_images_take_a_numpy_resize_with_monais_numbers(
+    shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below 4 x the model size (the model path's inputs, smaller films and JPEG exports) the resize is
+    ours, faster there; it gives MONAI's numbers, upsampling included. Larger images take MONAI's."""
+    config = ModelConfig()
+    pixels = np.random.default_rng(shape[0]).random(shape).astype(np.float32)
+    monai = np.asarray(preprocess_transform(config)(pixels[None]))
+    ours = counting(monkeypatch, "resize_reduced", module=transforms)
+    out = preprocess(pixels, config)
+    assert len(ours) == 1 and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, monai, atol=1e-6)
+    big = np.zeros((4 * 224, 100), np.float32)
+    preprocess(big, config)
+    assert len(ours) == 1  # MONAI's resize from 4 x the model size on
 
 
 def test_a_reduced_image_needs_its_full_size() -> None:
