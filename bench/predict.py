@@ -19,6 +19,9 @@ On the CPU it also prints twoview against its own time in model calls. This VM's
 within a minute, which a ceiling timed in a separate run cannot follow; the model calls inside twoview
 are timed against the ceiling too, so a data path that slowed the model would show there. 96 studies by
 default: 24 are three batches, and a quarter of their time is the start (scan, workers, first decode).
+Each twoview run also reports its main thread's CPU (outside the model calls on the CPU; launches
+included on CUDA): that one thread receives every study from the workers, batches them and writes the
+rows, so near 100 % busy it, not the workers or the GPU, limits predict.
 
     python bench/predict.py [--device cpu] [--studies 96] [--workers N] [--batch-size 8] [--rounds 3]
     python bench/predict.py --first-batch 5     # only the fresh-process start, five times
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,10 +102,11 @@ def write_studies(folder: Path, count: int, sources: list[dict[str, pydicom.Data
 
 class ModelClock:
     """Seconds `predictor` spends in its model calls while inside the block (on the CPU, where a call
-    returns when it is done)."""
+    returns when it is done), and the calling thread's CPU seconds in them (on CUDA: the launches)."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.seconds = 0.0
+        self.cpu = 0.0
         self._predictor = predictor
         self._launch = predictor._launch
 
@@ -113,11 +118,12 @@ class ModelClock:
         del self._predictor._launch
 
     def __call__(self, batch):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return self._launch(batch)
         finally:
             self.seconds += time.perf_counter() - start
+            self.cpu += time.thread_time() - cpu
 
 
 def run_twoview(
@@ -126,22 +132,43 @@ def run_twoview(
     args: argparse.Namespace,
     out: Path,
     model_rates: list[float] | None = None,
+    main_thread: list[MainThread] | None = None,
 ) -> float:
     """Studies per second of `predict_folder`, scan and CSV writing included. With `model_rates`, the
-    model's own rate within the run (studies / seconds in model calls) is appended to it."""
+    model's own rate within the run (studies / seconds in model calls) is appended to it; with
+    `main_thread`, what the run cost the main thread."""
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
     with ModelClock(predictor) as clock:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         summary = predict_folder(
             folder, out, batch_size=args.batch_size, workers=args.workers, predictor=predictor
         )
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
     if summary.predicted != args.studies or summary.routes["joint"] != args.studies:
         raise SystemExit(f"expected {args.studies} two-view predictions, got {summary}")
     if model_rates is not None:
         model_rates.append(args.studies / clock.seconds)
+    if main_thread is not None:
+        main_thread.append(MainThread(seconds, cpu, clock.cpu, args.studies))
     return args.studies / seconds
+
+
+@dataclass
+class MainThread:
+    """The main thread's CPU seconds in one twoview run: in all, and inside model calls."""
+
+    wall: float
+    cpu: float
+    in_model: float
+    studies: int
+
+    def describe(self, device: str) -> str:
+        """Busy share and CPU per study: outside the model calls on the CPU (where the model's compute
+        shares this thread), in all on CUDA (where the calls only launch work). Near 100 %, this one
+        thread limits the run."""
+        busy = self.cpu - self.in_model if device == "cpu" else self.cpu
+        return f"{100 * busy / self.wall:.0f} % busy, {1000 * busy / self.studies:.2f} ms per study"
 
 
 def run_overlap(folder: Path, predictor: Predictor, args: argparse.Namespace, out: Path) -> float:
@@ -333,8 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         per_core = decode_per_core(studies, model.config)
         batches = [b.batch for b in predictor.batches(studies, batch_size=args.batch_size, workers=0)]
         in_run: list[float] = []  # the model's rate inside each twoview run
+        main_thread: list[MainThread] = []
         runs = {
-            "twoview": lambda: run_twoview(folder, predictor, args, tmp / "out.csv", in_run),
+            "twoview": lambda: run_twoview(folder, predictor, args, tmp / "out.csv", in_run, main_thread),
             "ceiling": lambda: run_ceiling(batches, predictor, args.studies),
             "data": lambda: run_data(studies, predictor, args),
         }
@@ -389,6 +417,11 @@ def main(argv: list[str] | None = None) -> None:
             f"twoview / naive:   {rate['twoview'] / rate['naive']:.2f}x (target >= 3x on CPU); "
             f"per round: {_per_round(times, 'naive')}"
         )
+    outside = "outside model calls" if args.device == "cpu" else "model launches included"
+    print(
+        f"main thread during twoview ({outside}): "
+        f"{'; '.join(m.describe(args.device) for m in main_thread)} (near 100 %: this thread limits predict)"
+    )
     print(
         f"`python -m pipeline.cli predict`: first batch written after {first:.2f} s, done after {total:.2f} s"
     )

@@ -72,6 +72,20 @@ class StudySample:
     def is_empty(self) -> bool:
         return self.frontal is None and self.lateral is None
 
+    def __reduce__(self):
+        """Pickled with its arrays by value: from a DataLoader worker, each tensor would otherwise cross
+        in a shared-memory segment of its own, its file descriptor fetched by the receiving process over a
+        socket from the worker, which cost the main thread more than the copy (`bench/RESULTS.md`)."""
+        arrays = (None if t is None else t.numpy() for t in (self.frontal, self.lateral, self.labels))
+        return _study_sample, (self.study_id, *arrays, self.image_size)
+
+
+def _study_sample(
+    study_id: str, frontal: np.ndarray | None, lateral: np.ndarray | None, labels: np.ndarray, size: int
+) -> StudySample:
+    tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    return StudySample(study_id, tensor(frontal), tensor(lateral), torch.from_numpy(labels), size)
+
 
 @dataclass
 class ViewBatch:
