@@ -183,6 +183,13 @@ def copies(tmp_path: Path, n: int = 8) -> Path:
 def test_a_reload_during_a_run_shows_the_running_job_and_it_can_be_stopped(open_page, monkeypatch, tmp_path):
     data = copies(tmp_path)
     monkeypatch.setenv("TWOVIEW_DATA_DIRS", str(data))
+    held, predict = threading.Event(), BatchJob._predict
+
+    def held_back(job, scan):  # the run is still going when the page reloads, however fast predict is
+        held.wait(30)
+        return predict(job, scan)
+
+    monkeypatch.setattr(BatchJob, "_predict", held_back)
     first = start(open_page("batch"), str(data), "reload.csv")
     job = first.session_state["batch_job"]
     reloaded = open_page("batch")  # a reload is a new session: it finds the job of this app
@@ -192,6 +199,7 @@ def test_a_reload_during_a_run_shows_the_running_job_and_it_can_be_stopped(open_
     assert "left" in texts_shown[0]  # an estimate, or that one is being made
     assert button(reloaded, "Start").disabled
     button(reloaded, "Stop").click().run()
+    held.set()
     deadline = time.monotonic() + 30
     while job.running and time.monotonic() < deadline:
         time.sleep(0.1)
