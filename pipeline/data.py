@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -36,12 +37,15 @@ __all__ = [
     "StudyDataset",
     "StudySample",
     "ViewBatch",
+    "batched",
     "collate",
     "decode_view",
+    "prefetch_factor",
     "worker_init",
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The model path decodes to at least this many times the model's input size (`read_image(target_size=)`)
 #: and resizes the rest of the way as the full image would be. At 1x, the demo model's probabilities moved
@@ -120,8 +124,11 @@ class ViewBatch:
         )
 
 
-def collate(samples: Sequence[StudySample]) -> ViewBatch:
-    """Stack samples into a `ViewBatch`, dropping (with a warning) samples that have no view left."""
+def collate(samples: Sequence[StudySample], *, pin: bool = False) -> ViewBatch:
+    """Stack samples into a `ViewBatch`, dropping (with a warning) samples that have no view left.
+
+    `pin` (with CUDA only) stacks the images and labels straight into pinned memory, for asynchronous copies.
+    """
     if not samples:
         raise DatasetError("cannot collate an empty list of samples")
     kept = []
@@ -131,21 +138,39 @@ def collate(samples: Sequence[StudySample]) -> ViewBatch:
         else:
             kept.append(sample)
     size, k = samples[0].image_size, samples[0].labels.shape[0]
-    frontal = torch.zeros(len(kept), 1, size, size, dtype=torch.float32)
-    lateral = torch.zeros(len(kept), 1, size, size, dtype=torch.float32)
+    frontal = torch.zeros(len(kept), 1, size, size, dtype=torch.float32, pin_memory=pin)
+    lateral = torch.zeros(len(kept), 1, size, size, dtype=torch.float32, pin_memory=pin)
     for row, sample in enumerate(kept):
         if sample.frontal is not None:
             frontal[row] = sample.frontal
         if sample.lateral is not None:
             lateral[row] = sample.lateral
+    labels = torch.stack([s.labels for s in kept]) if kept else torch.empty(0, k)
     return ViewBatch(
         frontal=frontal,
         lateral=lateral,
         has_frontal=torch.tensor([s.frontal is not None for s in kept], dtype=torch.bool),
         has_lateral=torch.tensor([s.lateral is not None for s in kept], dtype=torch.bool),
-        labels=torch.stack([s.labels for s in kept]) if kept else torch.empty(0, k),
+        labels=labels.pin_memory() if pin else labels,
         study_ids=[s.study_id for s in kept],
     )
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefetch_factor(batch_size: int, workers: int) -> int:
+    """Studies each worker loads ahead: together, two batches, so the model never waits for a whole one."""
+    return max(2, math.ceil(2 * batch_size / workers))
 
 
 class ImageCache:

@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader
 from models.atomic import write_atomic
 from models.names import OUTPUTS
 from models.twoview import TwoViewNet
-from pipeline.data import StudyDataset, collate, worker_init
+from pipeline.data import StudyDataset, batched, collate, prefetch_factor, worker_init
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
 from pipeline.parallel import Gated
 from pipeline.plots import plot_roc_curves
-from pipeline.predict import Predictor, batched, default_workers, load_model, prefetch_factor
+from pipeline.predict import Predictor, default_workers, load_model
 from pipeline.progress import progress_bar
 
 __all__ = ["LabelledPredictions", "evaluate", "predict_labelled", "score"]

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -27,7 +26,7 @@ from models.config import ModelConfig
 from models.errors import CheckpointError
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
-from pipeline.data import StudyDataset, StudySample, ViewBatch, collate, worker_init
+from pipeline.data import StudyDataset, StudySample, ViewBatch, batched, collate, prefetch_factor, worker_init
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
 from pipeline.isolate import Runner, direct
@@ -47,7 +46,6 @@ __all__ = [
     "PredictionOutput",
     "Predictor",
     "StudyPrediction",
-    "batched",
     "decode_errors",
     "default_workers",
     "failed_prediction",
@@ -55,14 +53,12 @@ __all__ = [
     "load_model",
     "model_file",
     "predict_folder",
-    "prefetch_factor",
     "resolve_device",
     "start_summary",
     "study_prediction",
 ]
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: The bundled demo model, used when no model is given.
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "demo.safetensors"
@@ -199,23 +195,6 @@ def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> 
         empty=[sample.is_empty for _, sample, _ in items],
         errors=[errors for _, _, errors in items],
     )
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of `size` items (the last may be shorter)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def prefetch_factor(batch_size: int, workers: int) -> int:
-    """Studies each worker decodes ahead: together, two batches, so the model never waits for a whole one."""
-    return max(2, math.ceil(2 * batch_size / workers))
 
 
 @dataclass

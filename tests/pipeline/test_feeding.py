@@ -12,7 +12,8 @@ import torch
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline import predict
-from pipeline.predict import Predictor, batched, default_workers, prefetch_factor
+from pipeline.data import batched, prefetch_factor
+from pipeline.predict import Predictor, default_workers
 from pipeline.studies import scan_folder
 from tests.pipeline.conftest import write_dicom
 

@@ -8,17 +8,18 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from models.checkpoint import load, read_config
-from models.config import SYNTHETIC_NOTICE
+from models.config import SYNTHETIC_NOTICE, ModelConfig
 from models.losses import MultiViewLoss
 from models.twoview import fast_dtype
 from pipeline.data import StudyDataset, collate
-from pipeline.datamodule import patient_split
+from pipeline.datamodule import StudyDataModule, patient_split
 from pipeline.errors import TrainError
 from pipeline.manifest import read_manifest
 from pipeline.runs import read_metrics
@@ -90,6 +91,62 @@ class LayoutProbe(pl.Callback):
         self.module, self.precision = module, trainer.precision
         convs = [p for p in module.net.parameters() if p.ndim == 4 and p.shape[2:] != (1, 1)]
         self.layouts |= {p.is_contiguous(memory_format=torch.channels_last) for p in convs}
+
+
+def tiny_config() -> ModelConfig:
+    return ModelConfig.tiny(image_size=64, labels=tuple(read_manifest(MANIFEST).label_names))
+
+
+class _WorkerLog:
+    """A decode runner that notes, in a file, which DataLoader worker decoded each file."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def __call__(self, fn, path, *args, **kwargs):
+        info = torch.utils.data.get_worker_info()
+        with self.log.open("a") as out:
+            out.write(f"{info.id if info else -1} {path}\n")
+        return fn(path, *args, **kwargs)
+
+
+def test_workers_share_each_batch_from_the_first_of_the_epoch(tmp_path):
+    """One study per worker task: the first batch is loaded by both workers, not by one of them alone;
+    an epoch is whole batches, and no study of the dropped remainder is loaded."""
+    data = StudyDataModule(settings(tmp_path / "run", workers=2, batch_size=4), tiny_config())
+    data.setup()
+    data.train_set.runner = _WorkerLog(tmp_path / "workers.log")
+    loader = data.train_dataloader()
+    studies = len(data.train_set)
+    assert studies % 4 and len(loader) == studies // 4
+    assert isinstance(loader.sampler.sampler, torch.utils.data.RandomSampler)
+    batches = list(loader)  # one epoch, from a cold cache
+    assert [len(b) for b in batches] == [4] * (studies // 4)
+    seen = [s for b in batches for s in b.study_ids]
+    assert len(set(seen)) == len(seen)
+    by_path = {str(src.path): s.study_id for s in data.train_set.studies for src in s.sources}
+    workers: dict[str, set[int]] = {}
+    for line in (tmp_path / "workers.log").read_text().splitlines():
+        worker, path = line.split(" ", 1)
+        workers.setdefault(by_path[path], set()).add(int(worker))
+    assert set().union(*(workers[s] for s in batches[0].study_ids)) == {0, 1}
+    assert set(workers) == set(seen)  # the remainder's studies were never loaded
+    val = data.val_dataloader()
+    assert [s for b in val for s in b.study_ids] == [s.study_id for s in data.val_set.studies]  # in order
+
+
+def test_under_ddp_each_rank_loads_its_own_share(tmp_path):
+    ranks = []
+    for rank in (0, 1):
+        data = StudyDataModule(settings(tmp_path / "run", batch_size=2), tiny_config())
+        data.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank})
+        data.setup()
+        loader = data.train_dataloader()
+        shard = loader.sampler.sampler  # inside the cut to whole batches
+        assert isinstance(shard, torch.utils.data.DistributedSampler) and shard.rank == rank
+        ranks.append({s for b in loader for s in b.study_ids})
+    assert len(ranks[0] & ranks[1]) <= len(data.train_set) % 2  # DistributedSampler pads an odd count
+    assert len(ranks[0] | ranks[1]) >= len(data.train_set) - 2 * 2  # each rank drops at most a partial batch
 
 
 def test_training_lowers_the_loss_and_leaves_a_complete_run(tmp_path):
