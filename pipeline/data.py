@@ -14,11 +14,11 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from models.atomic import atomic_open
 from models.config import ModelConfig
@@ -41,6 +41,7 @@ __all__ = [
     "collate",
     "decode_view",
     "prefetch_factor",
+    "study_loader",
     "worker_init",
 ]
 
@@ -171,6 +172,20 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def prefetch_factor(batch_size: int, workers: int) -> int:
     """Studies each worker loads ahead: together, two batches, so the model never waits for a whole one."""
     return max(2, math.ceil(2 * batch_size / workers))
+
+
+def study_loader(dataset: Dataset, *, batch_size: int, workers: int, **options: Any) -> DataLoader:
+    """A DataLoader whose workers load one study per task (the caller batches them, see `batched`): no
+    worker sits on a whole batch while the others idle. The workers keep two batches in flight between
+    them and run `worker_init`; `options` go to the DataLoader (sampler, context, persistence)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
+        worker_init_fn=worker_init if workers else None,
+        **options,
+    )
 
 
 class ImageCache:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from models.config import ModelConfig
-from pipeline.data import StudyDataset, ViewBatch, batched, collate, prefetch_factor, worker_init
+from pipeline.data import StudyDataset, ViewBatch, batched, collate, study_loader
 from pipeline.dicom import read_header
 from pipeline.errors import ImageError, TrainError
 from pipeline.manifest import Manifest, read_manifest
@@ -66,14 +66,8 @@ class StudyDataModule(pl.LightningDataModule):
         sampler = self._sampler(dataset, shuffle)
         if shuffle and len(sampler) > size:  # training: whole batches only (no 1-row BatchNorm batch)
             sampler = _Leading(sampler, len(sampler) // size * size)
-        loader = DataLoader(
-            dataset,
-            batch_size=None,  # one study per worker task; `StudyBatches` makes the batches
-            sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=worker_init if workers > 0 else None,
-            prefetch_factor=prefetch_factor(size, workers) if workers > 0 else None,
+        loader = study_loader(
+            dataset, batch_size=size, workers=workers, sampler=sampler, persistent_workers=workers > 0
         )
         return StudyBatches(loader, size, pin=torch.cuda.is_available())
 

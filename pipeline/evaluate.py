@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from models.atomic import write_atomic
 from models.names import OUTPUTS
 from models.twoview import TwoViewNet
-from pipeline.data import StudyDataset, batched, collate, prefetch_factor, worker_init
+from pipeline.data import StudyDataset, batched, collate, study_loader
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
@@ -49,13 +48,11 @@ def predict_labelled(
     Workers decode one study per task, as `Predictor.batches` does, and the batches are made here.
     """
     gate = predictor.gate(workers)
-    loader = DataLoader(
+    loader = study_loader(
         Gated(dataset, gate),
-        batch_size=None,
-        num_workers=workers,
+        batch_size=batch_size,
+        workers=workers,
         multiprocessing_context=gate.context if workers else None,
-        prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
-        worker_init_fn=worker_init if workers else None,
     )
     heads: dict[str, list[torch.Tensor]] = {h: [] for h in OUTPUTS}
     labels, routes, ids = [], [], []

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from models.checkpoint import load, read_config
 from models.config import ModelConfig
 from models.errors import CheckpointError
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits
-from pipeline.data import StudyDataset, StudySample, ViewBatch, batched, collate, prefetch_factor, worker_init
+from pipeline.data import StudyDataset, StudySample, ViewBatch, batched, collate, study_loader
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
 from pipeline.isolate import Runner, direct
@@ -326,13 +326,11 @@ class Predictor:
         (what `iter_predictions` runs the model on; alone, it times the data path). Workers start each
         study only while `gate` is open."""
         gate = gate or Gate(active=False)
-        loader = DataLoader(
+        loader = study_loader(
             Gated(_Studies(studies, self, runner), gate),
-            batch_size=None,  # one study per task: no worker sits on a whole batch while others idle
-            num_workers=workers,
+            batch_size=batch_size,
+            workers=workers,
             multiprocessing_context=gate.context if workers else None,
-            prefetch_factor=prefetch_factor(batch_size, workers) if workers else None,
-            worker_init_fn=worker_init if workers else None,
         )
         decoding = iter(loader)  # the workers start now, not at the caller's first `next`
         return (_collate(items) for items in batched(decoding, batch_size))

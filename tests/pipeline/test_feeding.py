@@ -11,7 +11,7 @@ import torch
 
 from models.config import ModelConfig
 from models.twoview import TwoViewNet
-from pipeline import predict
+from pipeline import data, predict
 from pipeline.data import batched, prefetch_factor
 from pipeline.predict import Predictor, default_workers
 from pipeline.studies import scan_folder
@@ -128,7 +128,7 @@ def spy_on_dataloader(monkeypatch: pytest.MonkeyPatch, module) -> dict:
 def test_workers_decode_single_studies_not_batches(
     eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = spy_on_dataloader(monkeypatch, predict)
+    made = spy_on_dataloader(monkeypatch, data)
     list(predictor.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=2))
     assert made["batch_size"] is None and made["num_workers"] == 2
     assert made["prefetch_factor"] == prefetch_factor(4, 2)
@@ -182,7 +182,7 @@ def test_a_checkpoint_is_loaded_after_the_workers_start(
     net = TwoViewNet(ModelConfig.tiny(labels=("a", "b")))
     path = save(net, tmp_path / "m.safetensors")
     events: list[str] = []
-    real_iter, real_load = predict.DataLoader.__iter__, predict.load
+    real_iter, real_load = data.DataLoader.__iter__, predict.load
 
     def starting(self):
         events.append(f"workers start ({self.num_workers})")
@@ -192,7 +192,7 @@ def test_a_checkpoint_is_loaded_after_the_workers_start(
         events.append("model loads")
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(predict.DataLoader, "__iter__", starting)
+    monkeypatch.setattr(data.DataLoader, "__iter__", starting)
     monkeypatch.setattr(predict, "load", loading)
     lazy = Predictor(path, device="cpu", fast=False)
     assert lazy.config == net.config and lazy.labels == ("a", "b") and events == []
@@ -233,7 +233,7 @@ def test_evaluation_workers_decode_single_studies_in_order(
     from pipeline import evaluate
     from pipeline.data import StudyDataset
 
-    made = spy_on_dataloader(monkeypatch, evaluate)
+    made = spy_on_dataloader(monkeypatch, data)
     studies = scan_folder(eleven).studies
     labels = torch.arange(2 * len(studies), dtype=torch.float32).reshape(-1, 2).numpy()
     dataset = StudyDataset(studies, labels, config=predictor.config)
