@@ -865,14 +865,12 @@ def _accumulator(limit: int) -> type:
 def _block_sum(arr: np.ndarray, factor: int, wide: type, rows: type | None = None) -> np.ndarray:
     """Sum of each `factor` x `factor` block of `arr` (partial blocks at the far edges), as `wide`;
     the sums over rows (`factor` values each) run in `rows` (default `wide`)."""
-    step = _BAND_BLOCKS * factor
+    rows, step = rows or wide, _BAND_BLOCKS * factor
     if arr.shape[0] <= step:
-        return _band_sum(arr, factor, wide, rows or wide)
+        return _band_sum(arr, factor, wide, rows)
     out = np.empty((-(-arr.shape[0] // factor), -(-arr.shape[1] // factor), *arr.shape[2:]), dtype=wide)
     for top in range(0, arr.shape[0], step):
-        out[top // factor : (top + step) // factor] = _band_sum(
-            arr[top : top + step], factor, wide, rows or wide
-        )
+        out[top // factor : (top + step) // factor] = _band_sum(arr[top : top + step], factor, wide, rows)
     return out
 
 
