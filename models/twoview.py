@@ -49,7 +49,7 @@ class ViewLogits:
 
     @property
     def routes(self) -> list[str]:
-        return [Route(int(code)).label for code in self.route]
+        return [Route(code).label for code in self.route.tolist()]
 
     def sigmoid(self) -> ViewLogits:
         """The same structure holding probabilities (NaN stays NaN)."""

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -129,6 +134,8 @@ def collate(samples: Sequence[StudySample], *, pin: bool = False) -> ViewBatch:
     """Stack samples into a `ViewBatch`, dropping (with a warning) samples that have no view left.
 
     `pin` (with CUDA only) stacks the images and labels straight into pinned memory, for asynchronous copies.
+    The rows are copied by numpy, on this thread alone: torch splits each row's copy across its intra-op
+    threads, which on a busy machine made this thread wait for cores the decoding workers held.
     """
     if not samples:
         raise DatasetError("cannot collate an empty list of samples")
@@ -139,20 +146,24 @@ def collate(samples: Sequence[StudySample], *, pin: bool = False) -> ViewBatch:
         else:
             kept.append(sample)
     size, k = samples[0].image_size, samples[0].labels.shape[0]
-    frontal = torch.zeros(len(kept), 1, size, size, dtype=torch.float32, pin_memory=pin)
-    lateral = torch.zeros(len(kept), 1, size, size, dtype=torch.float32, pin_memory=pin)
-    for row, sample in enumerate(kept):
-        if sample.frontal is not None:
-            frontal[row] = sample.frontal
-        if sample.lateral is not None:
-            lateral[row] = sample.lateral
-    labels = torch.stack([s.labels for s in kept]) if kept else torch.empty(0, k)
+    views = [torch.empty(len(kept), 1, size, size, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
+    for batch, name in zip(views, ("frontal", "lateral"), strict=True):
+        rows = batch.numpy()
+        for row, sample in enumerate(kept):
+            image = getattr(sample, name)
+            if image is None:
+                rows[row] = 0.0
+            else:
+                rows[row] = image.numpy()
+    labels = torch.empty(len(kept), k, dtype=torch.float32, pin_memory=pin)
+    if kept:
+        np.stack([s.labels.numpy() for s in kept], out=labels.numpy())
     return ViewBatch(
-        frontal=frontal,
-        lateral=lateral,
+        frontal=views[0],
+        lateral=views[1],
         has_frontal=torch.tensor([s.frontal is not None for s in kept], dtype=torch.bool),
         has_lateral=torch.tensor([s.lateral is not None for s in kept], dtype=torch.bool),
-        labels=labels.pin_memory() if pin else labels,
+        labels=labels,
         study_ids=[s.study_id for s in kept],
     )
 
@@ -178,7 +189,7 @@ def study_loader(dataset: Dataset, *, batch_size: int, workers: int, **options: 
     """A DataLoader whose workers load one study per task (the caller batches them, see `batched`): no
     worker sits on a whole batch while the others idle. The workers keep two batches in flight between
     them and run `worker_init`; `options` go to the DataLoader (sampler, context, persistence)."""
-    return DataLoader(
+    return _StudyLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
@@ -186,6 +197,34 @@ def study_loader(dataset: Dataset, *, batch_size: int, workers: int, **options: 
         worker_init_fn=worker_init if workers else None,
         **options,
     )
+
+
+#: What the workers' result pipe is asked to hold: a 224 px two-view study is ~400 KB.
+RESULT_PIPE_BYTES = 1 << 20
+
+
+class _StudyLoader(DataLoader):
+    """A DataLoader whose worker processes hand studies over through a pipe wide enough for a whole one."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        _widen_pipe(getattr(iterator, "_worker_result_queue", None))
+        return iterator
+
+
+def _widen_pipe(queue: Any) -> None:
+    """Let `queue`'s pipe hold `RESULT_PIPE_BYTES` (Linux gives 64 KiB): a study then crosses in one write
+    and one read instead of seven of each, each read a fresh allocation on the receiving main thread
+    (0.32 -> 0.19 ms per study there, `bench/RESULTS.md`). Best effort: where the platform or the
+    system's pipe limit does not allow it, or PyTorch's loader has no such queue, nothing changes."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    reader = getattr(queue, "_reader", None)
+    if setpipe is None or reader is None:
+        return
+    try:
+        fcntl.fcntl(reader.fileno(), setpipe, RESULT_PIPE_BYTES)
+    except OSError:  # above /proc/sys/fs/pipe-max-size, or over the user's pipe quota
+        pass
 
 
 class ImageCache:

@@ -32,6 +32,7 @@ from pipeline.manifest import Manifest
 from pipeline.predict import (
     DEMO_MODEL,
     BatchSink,
+    BatchValues,
     PredictionOutput,
     Predictor,
     PredictSummary,
@@ -192,14 +193,14 @@ def _predictions(batch: dict[str, np.ndarray], todo: Sequence[Study], labels, th
     failed = batch["route"] < 0
     heads = {name: torch.from_numpy(np.array(batch[name], dtype=np.float32)) for name in _OUTPUTS}
     route = torch.from_numpy(np.where(failed, 0, batch["route"]))  # a failed row has no route to name
-    probs = ViewLogits(*(heads[name] for name in _OUTPUTS), route=route)
+    values = BatchValues.of(ViewLogits(*(heads[name] for name in _OUTPUTS), route=route))
     out = []
     for row, index in enumerate(batch["index"].tolist()):
         study, errors = todo[index], pickle.loads(batch["errors"][row])
         if failed[row]:
             out.append(failed_prediction(study, errors, labels))
         else:
-            out.append(study_prediction(study, probs, row, errors, labels, thresholds))
+            out.append(study_prediction(study, values, row, errors, labels, thresholds))
     return out
 
 

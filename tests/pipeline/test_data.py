@@ -12,7 +12,15 @@ from torch.utils.data import DataLoader
 
 import pipeline.data as data_module
 from models.config import ModelConfig
-from pipeline.data import DatasetError, ImageCache, StudyDataset, ViewBatch, collate
+from pipeline.data import (
+    RESULT_PIPE_BYTES,
+    DatasetError,
+    ImageCache,
+    StudyDataset,
+    ViewBatch,
+    collate,
+    study_loader,
+)
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.studies import Study, scan_folder
 from tests.pipeline.conftest import write_dicom
@@ -215,6 +223,20 @@ def test_view_batch_to_and_pin_memory(studies, tiny_config) -> None:
         pytest.skip("pin_memory needs an accelerator")
     pinned = batch.pin_memory()
     assert pinned.frontal.is_pinned() and pinned.labels.is_pinned()
+
+
+def test_study_loader_hands_a_study_over_in_one_pipe_read() -> None:
+    """The workers' result pipe holds a whole study (`RESULT_PIPE_BYTES`), where the system allows it."""
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_GETPIPE_SZ"):
+        pytest.skip("pipe sizes are a Linux feature")
+    limit = Path("/proc/sys/fs/pipe-max-size")
+    if int(limit.read_text()) < RESULT_PIPE_BYTES:
+        pytest.skip(f"{limit} is below {RESULT_PIPE_BYTES}")
+    iterator = iter(study_loader(list(range(5)), batch_size=2, workers=1))
+    pipe = iterator._worker_result_queue._reader.fileno()  # the queue the widening goes through
+    assert fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ) >= RESULT_PIPE_BYTES
+    assert list(iterator) == [0, 1, 2, 3, 4]
 
 
 def test_phantom_manifest_trains_through_a_dataloader(phantom: Path, tmp_path: Path) -> None:

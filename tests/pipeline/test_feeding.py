@@ -112,23 +112,23 @@ def test_studies_come_back_in_order_in_batches(eleven: Path, predictor: Predicto
     assert [p.study_id for p in failed] == ["1.2.5"] and "cannot be decoded" in failed[0].errors[0].reason
 
 
-def spy_on_dataloader(monkeypatch: pytest.MonkeyPatch, module) -> dict:
-    """The keyword arguments `module`'s next DataLoader is made with (filled in when it is made)."""
+def spy_on_dataloader(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The keyword arguments `study_loader`'s next DataLoader is made with (filled in when it is made)."""
     made: dict = {}
-    real = module.DataLoader
+    real = data._StudyLoader
 
     def spy(*args, **kwargs):
         made.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, "DataLoader", spy)
+    monkeypatch.setattr(data, "_StudyLoader", spy)
     return made
 
 
 def test_workers_decode_single_studies_not_batches(
     eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = spy_on_dataloader(monkeypatch, data)
+    made = spy_on_dataloader(monkeypatch)
     list(predictor.iter_predictions(scan_folder(eleven).studies, batch_size=4, workers=2))
     assert made["batch_size"] is None and made["num_workers"] == 2
     assert made["prefetch_factor"] == prefetch_factor(4, 2)
@@ -170,6 +170,30 @@ def test_predict_batch_reads_back_every_head_in_one_copy(eleven: Path, predictor
     out = predictor._finish(running)
     assert out.routes == ["frontal"] * 3 and out.route.dtype == torch.int64
     assert torch.isnan(out.lateral).all() and not torch.isnan(out.final).any()
+
+
+def test_batch_values_are_read_once_per_batch_with_nan_as_none(eleven: Path) -> None:
+    """A batch's heads and routes become Python values in one read; a head that did not run gives None."""
+    from models.twoview import ViewLogits
+    from pipeline.predict import BatchValues, study_prediction
+
+    nan = float("nan")
+    frontal = torch.tensor([[0.25, 0.5], [nan, nan]])
+    lateral = torch.tensor([[nan, nan], [0.75, 0.125]])
+    probs = ViewLogits(
+        frontal,
+        lateral,
+        torch.full((2, 2), nan),
+        torch.tensor([[0.25, 0.5], [0.75, 0.125]]),
+        route=torch.tensor([1, 2]),
+    )
+    values = BatchValues.of(probs)
+    assert values.routes == ["frontal", "lateral"] and values.routes == probs.routes
+    assert values.heads["final"] == [[0.25, 0.5], [0.75, 0.125]]
+    study = scan_folder(eleven).studies[0]
+    second = study_prediction(study, values, 1, (), ("a", "b"), {"b": 0.1})
+    assert second.route == "lateral" and second.final == {"a": 0.75, "b": 0.125} and second.calls == {"b": 1}
+    assert second.frontal == {"a": None, "b": None} and second.joint == {"a": None, "b": None}
 
 
 def test_a_checkpoint_is_loaded_after_the_workers_start(
@@ -233,7 +257,7 @@ def test_evaluation_workers_decode_single_studies_in_order(
     from pipeline import evaluate
     from pipeline.data import StudyDataset
 
-    made = spy_on_dataloader(monkeypatch, data)
+    made = spy_on_dataloader(monkeypatch)
     studies = scan_folder(eleven).studies
     labels = torch.arange(2 * len(studies), dtype=torch.float32).reshape(-1, 2).numpy()
     dataset = StudyDataset(studies, labels, config=predictor.config)
