@@ -188,10 +188,10 @@ def decode_errors(study: Study, failed: dict[Path, str]) -> tuple[SetAside, ...]
     )
 
 
-def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]]) -> _Loaded:
+def _collate(items: Sequence[tuple[int, StudySample, tuple[SetAside, ...]]], *, pin: bool = False) -> _Loaded:
     kept = [sample for _, sample, _ in items if not sample.is_empty]
     return _Loaded(
-        batch=collate(kept) if kept else None,
+        batch=collate(kept, pin=pin) if kept else None,
         indices=[index for index, _, _ in items],
         empty=[sample.is_empty for _, sample, _ in items],
         errors=[errors for _, _, errors in items],
@@ -270,7 +270,7 @@ class Predictor:
         """Send a batch to the device and queue the model on it (on CUDA: returns before the GPU is done)."""
         with torch.inference_mode():
             if self.device.type == "cuda":
-                batch = batch.pin_memory()  # so the copy below is asynchronous
+                batch = batch.pin_memory()  # so the copy below is asynchronous (no copy if pinned already)
             # The masks stay on the CPU: the model picks each view's rows there, without waiting for the GPU.
             masks = batch.has_frontal, batch.has_lateral
             batch = batch.to(self.device, non_blocking=True)
@@ -334,7 +334,8 @@ class Predictor:
             multiprocessing_context=gate.context if workers else None,
         )
         decoding = iter(loader)  # the workers start now, not at the caller's first `next`
-        return (_collate(items) for items in batched(decoding, batch_size))
+        pin = self.device.type == "cuda"  # stacked straight into pinned memory: `_launch` copies no more
+        return (_collate(items, pin=pin) for items in batched(decoding, batch_size))
 
     def _stream(
         self, studies: Sequence[Study], batch_size: int, workers: int, runner: Runner

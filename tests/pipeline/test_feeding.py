@@ -155,9 +155,17 @@ def test_on_cuda_the_next_batch_is_launched_before_the_last_is_read(
     monkeypatch.setattr(predictor, "device", torch.device("cuda"))
     monkeypatch.setattr(predict.ViewBatch, "pin_memory", lambda self: self)  # no GPU here
     monkeypatch.setattr(predict.ViewBatch, "to", lambda self, device, non_blocking=False: self)
+    pins: list[bool] = []
+
+    def collating(samples, *, pin=False):
+        pins.append(pin)
+        return data.collate(samples)  # pinned memory needs a GPU
+
+    monkeypatch.setattr(predict, "collate", collating)
     chunks = list(predictor.iter_predictions(studies, batch_size=4, workers=0))
     assert [e.split()[0] for e in events] == ["launch", "launch", "read", "launch", "read", "read"]
     assert [p.study_id for c in chunks for p in c] == [s.study_id for s in studies]
+    assert pins == [True] * 3  # batches are stacked into pinned memory, not copied there at launch
 
 
 def test_predict_batch_reads_back_every_head_in_one_copy(eleven: Path, predictor: Predictor) -> None:
