@@ -242,7 +242,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", default="predictions.csv", help="out.csv or out.jsonl (default: predictions.csv)"
     )
-    p.add_argument("--batch-size", type=int, default=8, help="studies per model call (default: 8)")
+    p.add_argument(
+        "--batch-size", type=int, help="studies per model call (default: 8 on the CPU, 64 on a GPU)"
+    )
     p.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if any)"
     )

@@ -75,7 +75,7 @@ def predict_pacs(
     store: bool = False,
     keep_results: bool = True,
     deidentify: Deidentifier | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     workers: int | None = None,
     chunk: int = 16,
 ) -> PacsSummary:
@@ -123,7 +123,7 @@ class _Run:
         results: DicomResults | None,
         store: bool,
         keep_results: bool,
-        batch_size: int,
+        batch_size: int | None,
         workers: int | None,
         chunk: int,
         images: Path,

@@ -37,6 +37,7 @@ from pipeline.predict import (
     Predictor,
     PredictSummary,
     decode_errors,
+    default_batch_size,
     failed_prediction,
     gather,
     start_summary,
@@ -88,7 +89,7 @@ def predict_folder_ray(
     actors: int | None = None,
     actor_cpus: float = 1.0,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     fast: bool = True,
     shard: Shard | None = None,
     deidentify: Deidentifier | None = None,
@@ -100,7 +101,7 @@ def predict_folder_ray(
     `ray.init()` or a new local instance). `actors` model copies (default: one per GPU, else one).
     """
     ray = _ray()
-    if batch_size < 1 or actor_cpus <= 0 or (actors is not None and actors < 1):
+    if (batch_size is not None and batch_size < 1) or actor_cpus <= 0 or (actors is not None and actors < 1):
         raise RayEngineError("--batch-size and --ray-actors must be at least 1 and --ray-actor-cpus above 0")
     if device not in ("auto", "cpu", "cuda"):
         raise RayEngineError(f"unknown device {device!r}; choose one of: auto, cpu, cuda")
@@ -154,12 +155,13 @@ def _run(
     actors: int | None,
     actor_cpus: float,
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     fast: bool,
 ) -> None:
     gpus = ray.cluster_resources().get("GPU", 0) if device != "cpu" else 0
     if device == "cuda" and not gpus:
         raise RayEngineError("device cuda was asked for, but the Ray cluster has no GPU; use cpu or auto")
+    batch_size = batch_size or default_batch_size("cuda" if gpus else "cpu")
     actors = actors or max(1, int(gpus))
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in study order, as the local path writes them

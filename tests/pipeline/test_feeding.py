@@ -13,7 +13,7 @@ from models.config import ModelConfig
 from models.twoview import TwoViewNet
 from pipeline import data, predict
 from pipeline.data import batched, prefetch_factor
-from pipeline.predict import Predictor, default_workers
+from pipeline.predict import Predictor, default_batch_size, default_workers
 from pipeline.studies import scan_folder
 from tests.pipeline.conftest import write_dicom
 
@@ -52,6 +52,25 @@ def test_default_workers_take_every_core_on_the_cpu_and_leave_one_to_feed_a_gpu(
     monkeypatch.setattr(predict, "usable_cores", lambda: cores)
     assert default_workers("cpu") == (cores if cores > 1 else 0) == default_workers()
     assert default_workers(torch.device("cuda")) == cores - 1
+
+
+def test_the_default_batch_is_small_on_the_cpu_and_64_on_a_gpu(
+    eleven: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU each model call costs the main thread ~1,300 launches whatever its size: 64 studies a call."""
+    assert default_batch_size("cpu") == default_batch_size() == 8
+    assert predict._check_settings(None, None, torch.device("cuda"))[0] == 64
+    assert predict._check_settings(3, 0, torch.device("cuda")) == (3, 0)
+    sizes: list[int] = []
+    real = predict.batched
+
+    def batching(items, size):
+        sizes.append(size)
+        return real(items, size)
+
+    monkeypatch.setattr(predict, "batched", batching)
+    chunks = list(predictor.iter_predictions(scan_folder(eleven).studies, workers=0))
+    assert sizes == [8] and len(chunks[0]) == 8 and all(len(c) <= 8 for c in chunks)
 
 
 class _Timed:
