@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 try:
     import fcntl
-except ImportError:  # not on Windows
+except ImportError:  # absent on Windows
     fcntl = None
 
 import numpy as np
@@ -215,7 +215,7 @@ class _StudyLoader(DataLoader):
 def _widen_pipe(queue: Any) -> None:
     """Let `queue`'s pipe hold `RESULT_PIPE_BYTES` (Linux gives 64 KiB): a study then crosses in one write
     and one read instead of seven of each, each read a fresh allocation on the receiving main thread
-    (0.32 -> 0.19 ms per study there, `bench/RESULTS.md`). Best effort: where the platform or the
+    (0.19 -> 0.13 ms a study in isolation, `bench/RESULTS.md`). Best effort: where the platform or the
     system's pipe limit does not allow it, or PyTorch's loader has no such queue, nothing changes."""
     setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
     reader = getattr(queue, "_reader", None)
