@@ -41,7 +41,7 @@ PARTS: dict[str, tuple[object, str]] = {
     "read back": (Predictor, "_predictions"),  # probabilities to Python values, one prediction per study
     "write": (predict.PredictionOutput, "write"),  # rows to the CSV
     "scan": (predict, "gather"),  # the folder scan (a fixed cost, spread over the studies)
-}
+}  # "other": the rest (starting the workers, batching, progress; partly fixed costs)
 MODEL = (Predictor, "_launch")
 
 
@@ -88,6 +88,7 @@ def run(folder: Path, out: Path, predictor: Predictor, args: argparse.Namespace)
         raise SystemExit(f"expected {args.studies} predictions, got {summary}")
     per_study = {name: 1000 * clocks.seconds.get(name, 0.0) / args.studies for name in PARTS}
     per_study["all"] = 1000 * (total - clocks.seconds.get("model", 0.0)) / args.studies
+    per_study["other"] = per_study["all"] - sum(per_study[name] for name in PARTS)
     return per_study
 
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{config.image_size} px, batch {args.batch_size}, {args.workers} workers, {args.rounds} runs"
     )
     print("main thread CPU per study outside the model calls (ms; median, range):")
-    for name in ("all", *PARTS):
+    for name in ("all", *PARTS, "other"):
         values = [r[name] for r in runs]
         print(f"  {name:<10} {statistics.median(values):6.3f}  ({min(values):.3f}-{max(values):.3f})")
     best = statistics.median(r["all"] for r in runs)
