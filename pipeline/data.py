@@ -217,7 +217,7 @@ def _widen_pipe(queue: Any) -> None:
     and one read instead of seven of each, each read a fresh allocation on the receiving main thread
     (0.19 -> 0.13 ms a study in isolation, `bench/RESULTS.md`). Best effort: where the platform or the
     system's pipe limit does not allow it, or PyTorch's loader has no such queue, nothing changes."""
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)  # None where there is no fcntl
     reader = getattr(queue, "_reader", None)
     if setpipe is None or reader is None:
         return

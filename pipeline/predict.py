@@ -42,6 +42,7 @@ from pipeline.studies import ImageSource, ScanResult, SetAside, Study
 __all__ = [
     "DEMO_MODEL",
     "BatchSink",
+    "BatchValues",
     "PredictSummary",
     "PredictionOutput",
     "Predictor",
@@ -56,7 +57,6 @@ __all__ = [
     "predict_folder",
     "resolve_device",
     "start_summary",
-    "BatchValues",
     "study_prediction",
 ]
 
@@ -403,7 +403,7 @@ class BatchValues:
     def of(cls, probs: ViewLogits) -> BatchValues:
         names = (*HEADS, "final")
         rows = torch.stack([getattr(probs, name).float() for name in names]).tolist()
-        return cls(dict(zip(names, rows, strict=True)), [ROUTES[code] for code in probs.route.tolist()])
+        return cls(dict(zip(names, rows, strict=True)), probs.routes)
 
 
 def study_prediction(
