@@ -7,10 +7,12 @@ command exits with status 2; a traceback reaches the user only for a bug (`--deb
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,6 +28,23 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("twoview")
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a command imports torch, MONAI and pydicom, then the objects
+    made so far frozen out of its way. Each full collection during those imports walked every object
+    they had made: 0.3-0.5 s of `twoview predict`'s start, four times over (bench/RESULTS.md). Frozen
+    objects are still freed when no longer referenced; only import-time reference cycles stay.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def _version() -> str:
@@ -66,11 +85,6 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.deidentify import Deidentifier, scrubbed_logs
-    from pipeline.manifest import read_manifest
-    from pipeline.shards import parse_shard
-    from pipeline.sources import scan_with_progress
-
     if args.dicomweb:
         return _predict_dicomweb(args)
     if args.study or args.since or args.store:
@@ -85,24 +99,30 @@ def _predict(args: argparse.Namespace) -> int:
         raise TwoviewError(
             "--dicom-heatmaps adds Grad-CAM captures to the DICOM results: give --dicom-out DIR too"
         )
-    deidentify = Deidentifier.from_env() if args.deidentify else None
-    if args.manifest is not None:
-        from pipeline.predict import Predictor, model_file, predict_folder
+    with _collector_paused():
+        from pipeline.deidentify import Deidentifier, scrubbed_logs
+        from pipeline.manifest import read_manifest
+        from pipeline.shards import parse_shard
+        from pipeline.sources import scan_with_progress
 
-        source = read_manifest(args.manifest, args.images, labels=())
-    else:
-        # The scan needs no torch: it runs (on worker processes) while torch and MONAI import here.
-        if deidentify is not None:
-            deidentify = deidentify.under(args.folder)
-
-        def scan() -> ScanResult:
-            with scrubbed_logs(deidentify):
-                return scan_with_progress(Path(args.folder))
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan") as background:
-            scanning = background.submit(scan)
+        deidentify = Deidentifier.from_env() if args.deidentify else None
+        if args.manifest is not None:
             from pipeline.predict import Predictor, model_file, predict_folder
-        source = scanning.result()
+
+            source = read_manifest(args.manifest, args.images, labels=())
+        else:
+            # The scan needs no torch: it runs (on worker processes) while torch and MONAI import here.
+            if deidentify is not None:
+                deidentify = deidentify.under(args.folder)
+
+            def scan() -> ScanResult:
+                with scrubbed_logs(deidentify):
+                    return scan_with_progress(Path(args.folder))
+
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan") as background:
+                scanning = background.submit(scan)
+                from pipeline.predict import Predictor, model_file, predict_folder
+            source = scanning.result()
     output = Path(args.output)
     if not output.parent.exists():
         log.info("creating the output folder %s", output.parent)
@@ -163,10 +183,11 @@ def _check_summary(summary, source: str) -> int:
 
 
 def _predict_dicomweb(args: argparse.Namespace) -> int:
-    from pipeline.deidentify import Deidentifier
-    from pipeline.dicomweb import Pacs, parse_date
-    from pipeline.pacs import predict_pacs, working_folder
-    from pipeline.predict import Predictor, load_model
+    with _collector_paused():
+        from pipeline.deidentify import Deidentifier
+        from pipeline.dicomweb import Pacs, parse_date
+        from pipeline.pacs import predict_pacs, working_folder
+        from pipeline.predict import Predictor, load_model
 
     if args.folder or args.manifest or args.shard:
         raise TwoviewError(
@@ -375,7 +396,8 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.train import fit
+    with _collector_paused():
+        from pipeline.train import fit
 
     settings = _train_settings(args)
     if args.resume:
@@ -444,7 +466,8 @@ def _add_setting(parser: argparse.ArgumentParser, f) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate
+    with _collector_paused():
+        from pipeline.evaluate import evaluate
 
     report = evaluate(
         args.manifest,
@@ -632,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
+    frozen = gc.get_freeze_count()
     try:
         return int(args.handler(args) or 0)
     except (TwoviewError, ModelError) as err:
@@ -642,6 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"twoview {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if not frozen:  # a caller in the same process (a test, a notebook) gets its collector back whole
+            gc.unfreeze()
 
 
 if __name__ == "__main__":
