@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     config = dataclasses.replace(ModelConfig.tiny(), image_size=ModelConfig().image_size)
     predictor = Predictor(TwoViewNet(config).eval(), device="cpu")
+    # As on the H200: the batches carry the dtype its model computes in, whatever this CPU would pick.
+    predictor.model.fast(torch.bfloat16)
+    predictor.batch_dtype = torch.bfloat16
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         folder = write_studies(tmp / "studies", args.studies, templates(tmp / "seed", args.side, True))

@@ -10,7 +10,8 @@ cloned with new UIDs; uncompressed unless `--compression as-generated`), builds 
   data      the data path alone: the same workers and batches as `twoview`, without the model
   naive     pydicom `pixel_array` + PIL resize, one study at a time, float32 model (CPU only; --no-naive skips)
 and once: decoding per core (one process, one thread, read + preprocess at the model path's resolution)
-and `python -m pipeline.cli predict` in a fresh process: seconds to its first written batch and in all.
+and `twoview predict` in a fresh process: seconds to its first batch's model call, to its first written
+rows, and in all.
 Prints the ratios (CPU targets: twoview >= 70 % of the ceiling and >= 3x naive; GPU: >= 50 % of the
 ceiling) and, without a GPU here, the data path per core times 16 against the H200 model ceiling
 measured on 2026-11-30 (a projection, not a measurement). `--memory 50 500` also prints peak RSS.
@@ -236,6 +237,10 @@ def decode_per_core(studies: tuple[Study, ...], config: ModelConfig) -> float:
         torch.set_num_threads(threads)
 
 
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
+
+
 def _per_round(times: dict[str, list[float]], other: str, *, percent: bool = False) -> str:
     """twoview against `other` within each round (runs minutes apart), and their median: steadier than
     the ratio of medians where the machine's speed drifts during the run."""
@@ -244,31 +249,69 @@ def _per_round(times: dict[str, list[float]], other: str, *, percent: bool = Fal
     return f"{', '.join(shown[:-1])}; median {shown[-1]}"
 
 
-#: `twoview predict` with MONAI imported whole first (so `models.monai_import` cannot trim it): the before.
-_FULL_MONAI = "import sys, monai; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+#: Runs `twoview predict` (argv) in this process, writing the wall-clock time of its first model call to
+#: the file $TWOVIEW_FIRST_BATCH: `Predictor._launch` is wrapped once `pipeline.predict` has been
+#: imported, by the command itself (importing it here first would change what is timed).
+_TIMED = """
+import builtins, os, sys, time
+_import = builtins.__import__
+def _watch(name, *args, **kwargs):
+    module = _import(name, *args, **kwargs)
+    predict = sys.modules.get("pipeline.predict")
+    if predict is not None and hasattr(predict, "Predictor"):
+        builtins.__import__ = _import
+        launch = predict.Predictor._launch
+        def first(self, batch):
+            stamp = os.environ["TWOVIEW_FIRST_BATCH"]
+            if not os.path.exists(stamp):
+                with open(stamp, "w") as f:
+                    f.write(repr(time.time()))
+            return launch(self, batch)
+        predict.Predictor._launch = first
+    return module
+builtins.__import__ = _watch
+"""
+
+#: `twoview predict` as the console script runs it, and with MONAI imported whole first (so
+#: `models.monai_import` cannot trim it): the before.
+_TWOVIEW = _TIMED + "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+_FULL_MONAI = _TIMED + "import monai; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@dataclass
+class Start:
+    """Seconds from starting `python -m pipeline.cli predict` to its first batch's model call, to its
+    first written row, and to its end."""
+
+    into_model: float
+    written: float
+    total: float
 
 
 def first_batch(
     folder: Path, checkpoint: Path, args: argparse.Namespace, out: Path, *, full_monai: bool = False
-) -> tuple[float, float]:
-    """Seconds from starting `python -m pipeline.cli predict` to its first written row, and to its end."""
+) -> Start:
+    """Time a fresh `twoview predict` process (see `Start`)."""
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
-    entry = ["-c", _FULL_MONAI] if full_monai else ["-m", "pipeline.cli"]
-    command = [sys.executable, *entry, "predict", str(folder), "--model", str(checkpoint)]
-    command += ["-o", str(out), "--device", args.device, "--batch-size", str(args.batch_size)]
-    command += ["--workers", str(args.workers)]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = None
+    stamp = out.with_suffix(".first")
+    stamp.unlink(missing_ok=True)
+    command = [sys.executable, "-c", _FULL_MONAI if full_monai else _TWOVIEW, "predict", str(folder)]
+    command += ["--model", str(checkpoint), "-o", str(out), "--device", args.device]
+    command += ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
+    env = dict(os.environ, TWOVIEW_FIRST_BATCH=str(stamp))
+    started, start = time.time(), time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    written = None
     while process.poll() is None:
-        if first is None and out.exists() and out.read_text().count("\n") >= 2:
-            first = time.perf_counter() - start
+        if written is None and out.exists() and out.read_text().count("\n") >= 2:
+            written = time.perf_counter() - start
         time.sleep(0.01)
     total = time.perf_counter() - start
-    if process.returncode != 0:
+    if process.returncode != 0 or not stamp.exists():
         raise SystemExit(f"twoview predict failed ({process.returncode}): {' '.join(command)}")
-    return (first if first is not None else total), total
+    into_model = float(stamp.read_text()) - started
+    return Start(into_model, written if written is not None else total, total)
 
 
 _CHILD = """
@@ -328,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         metavar="RUNS",
-        help="only time `python -m pipeline.cli predict` to its first batch, RUNS times, against the same "
-        "command with MONAI imported whole",
+        help="only time a fresh `twoview predict` to its first batch (into the model, and written), RUNS "
+        "times, against the same command with MONAI imported whole",
     )
     args = parser.parse_args(argv)
     if args.workers is None:
@@ -346,18 +389,20 @@ def main(argv: list[str] | None = None) -> None:
         folder = write_studies(tmp / "studies", args.studies, sources)
         if args.first_batch:
             checkpoint = save(model, tmp / "model.safetensors")
-            starts: dict[str, list[float]] = {"twoview": [], "MONAI imported whole": []}
+            starts: dict[str, list[Start]] = {"twoview": [], "MONAI imported whole": []}
             for _ in range(args.first_batch):  # interleaved
                 for name, full in (("twoview", False), ("MONAI imported whole", True)):
                     starts[name].append(
-                        first_batch(folder, checkpoint, args, tmp / "cli.csv", full_monai=full)[0]
+                        first_batch(folder, checkpoint, args, tmp / "cli.csv", full_monai=full)
                     )
             print(
-                f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}: seconds to the first written batch"
+                f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}: seconds from the start of "
+                f"`twoview predict` on {args.studies} studies (median, range)"
             )
             for name, values in starts.items():
                 print(
-                    f"  {name:<21} median {statistics.median(values):.2f} s  (range {min(values):.2f}-{max(values):.2f})"
+                    f"  {name:<21} first batch into the model {_spread([v.into_model for v in values])}, "
+                    f"first rows written {_spread([v.written for v in values])}"
                 )
             return
         studies = scan_folder(folder).studies
@@ -379,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, run in runs.items():
                 times[name].append(run())
         checkpoint = save(model, tmp / "model.safetensors")
-        first, total = first_batch(folder, checkpoint, args, tmp / "cli.csv")
+        start = first_batch(folder, checkpoint, args, tmp / "cli.csv")
         if args.memory:
             print("peak memory of `predict_folder` in a fresh process:")
             memory(tmp, sources, model, args)
@@ -427,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{'; '.join(m.describe(args.device) for m in main_thread)} (near 100 %: this thread limits predict)"
     )
     print(
-        f"`python -m pipeline.cli predict`: first batch written after {first:.2f} s, done after {total:.2f} s"
+        f"`twoview predict`, fresh process: first batch into the model after {start.into_model:.2f} s, "
+        f"written after {start.written:.2f} s, done after {start.total:.2f} s"
     )
     if args.device == "cpu":
         projected = per_core * PROJECTED_CORES

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -70,7 +70,10 @@ class DatasetError(TwoviewError):
 
 @dataclass(frozen=True)
 class StudySample:
-    """One study ready for collation: normalised `[1, S, S]` images (None = view missing) and `[K]` labels."""
+    """One study ready for collation: normalised `[1, S, S]` images (None = view missing) and `[K]` labels.
+
+    The images are float32, or in the dtype a fast model computes in (`as_dtype`); the labels float32.
+    """
 
     study_id: str
     frontal: torch.Tensor | None
@@ -82,18 +85,42 @@ class StudySample:
     def is_empty(self) -> bool:
         return self.frontal is None and self.lateral is None
 
+    def as_dtype(self, dtype: torch.dtype) -> StudySample:
+        """The same study with its images in `dtype` (rounded as autocast rounds a model's input)."""
+        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        return replace(self, frontal=cast(self.frontal), lateral=cast(self.lateral))
+
     def __reduce__(self):
         """Pickled with its arrays by value: from a DataLoader worker, each tensor would otherwise cross
         in a shared-memory segment of its own, its file descriptor fetched by the receiving process over a
         socket from the worker, which cost the main thread more than the copy (`bench/RESULTS.md`)."""
-        arrays = (None if t is None else t.numpy() for t in (self.frontal, self.lateral, self.labels))
-        return _study_sample, (self.study_id, *arrays, self.image_size)
+        dtype = next((t.dtype for t in (self.frontal, self.lateral) if t is not None), torch.float32)
+        images = (None if t is None else _array(t) for t in (self.frontal, self.lateral))
+        return _study_sample, (self.study_id, *images, self.labels.numpy(), self.image_size, str(dtype))
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as a numpy array; bfloat16, which numpy lacks, as its raw 16-bit patterns."""
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def _study_sample(
-    study_id: str, frontal: np.ndarray | None, lateral: np.ndarray | None, labels: np.ndarray, size: int
+    study_id: str,
+    frontal: np.ndarray | None,
+    lateral: np.ndarray | None,
+    labels: np.ndarray,
+    size: int,
+    dtype: str = "torch.float32",
 ) -> StudySample:
-    tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    def tensor(array: np.ndarray | None) -> torch.Tensor | None:
+        if array is None:
+            return None
+        return (
+            torch.from_numpy(array).view(torch.bfloat16)
+            if dtype == "torch.bfloat16"
+            else torch.from_numpy(array)
+        )
+
     return StudySample(study_id, tensor(frontal), tensor(lateral), torch.from_numpy(labels), size)
 
 
@@ -101,8 +128,8 @@ def _study_sample(
 class ViewBatch:
     """A batch for `TwoViewNet`: both view tensors (zeros where a view is missing), masks, labels, ids."""
 
-    frontal: torch.Tensor  # float32 [B, 1, S, S]
-    lateral: torch.Tensor  # float32 [B, 1, S, S]
+    frontal: torch.Tensor  # float32 [B, 1, S, S] (or the samples' dtype: see `StudySample.as_dtype`)
+    lateral: torch.Tensor  # same dtype and shape
     has_frontal: torch.Tensor  # bool [B]
     has_lateral: torch.Tensor  # bool [B]
     labels: torch.Tensor  # float32 [B, K], NaN = unknown
@@ -135,7 +162,8 @@ def collate(samples: Sequence[StudySample], *, pin: bool = False) -> ViewBatch:
 
     `pin` (with CUDA only) stacks the images and labels straight into pinned memory, for asynchronous copies.
     The rows are copied by numpy, on this thread alone: torch splits each row's copy across its intra-op
-    threads, which on a busy machine made this thread wait for cores the decoding workers held.
+    threads, which on a busy machine made this thread wait for cores the decoding workers held. The images
+    keep the samples' dtype (the first sample's, should they differ).
     """
     if not samples:
         raise DatasetError("cannot collate an empty list of samples")
@@ -146,15 +174,17 @@ def collate(samples: Sequence[StudySample], *, pin: bool = False) -> ViewBatch:
         else:
             kept.append(sample)
     size, k = samples[0].image_size, samples[0].labels.shape[0]
-    views = [torch.empty(len(kept), 1, size, size, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
+    images = [t for s in kept for t in (s.frontal, s.lateral) if t is not None]
+    dtype = images[0].dtype if images else torch.float32
+    views = [torch.empty(len(kept), 1, size, size, dtype=dtype, pin_memory=pin) for _ in range(2)]
     for batch, name in zip(views, ("frontal", "lateral"), strict=True):
-        rows = batch.numpy()
+        rows = _array(batch)
         for row, sample in enumerate(kept):
             image = getattr(sample, name)
             if image is None:
-                rows[row] = 0.0
+                rows[row] = 0  # 0.0 in every dtype, bfloat16's bit patterns included
             else:
-                rows[row] = image.numpy()
+                rows[row] = _array(image.to(dtype))
     labels = torch.empty(len(kept), k, dtype=torch.float32, pin_memory=pin)
     if kept:
         np.stack([s.labels.numpy() for s in kept], out=labels.numpy())

@@ -102,7 +102,7 @@ def test_a_sample_crosses_processes_by_value(studies, tiny_config: ModelConfig) 
 
     sample = StudyDataset(studies, config=tiny_config)[0]
     one_view = data_module.StudySample("x", None, sample.lateral, torch.tensor([1.0, float("nan")]), 64)
-    for original in (sample, one_view):
+    for original in (sample, one_view, sample.as_dtype(torch.bfloat16), one_view.as_dtype(torch.float16)):
         payload = ForkingPickler.dumps(
             original
         )  # what a DataLoader worker sends, torch's reductions included
@@ -114,7 +114,25 @@ def test_a_sample_crosses_processes_by_value(studies, tiny_config: ModelConfig) 
             mine, theirs = getattr(back, name), getattr(original, name)
             assert (mine is None) == (theirs is None), name
             if mine is not None:
-                torch.testing.assert_close(mine, theirs, equal_nan=True, msg=name)
+                assert mine.dtype == theirs.dtype, name  # bfloat16, which numpy lacks, included
+                torch.testing.assert_close(mine, theirs, equal_nan=True, rtol=0, atol=0, msg=name)
+
+
+def test_samples_in_a_16_bit_dtype_collate_in_it(studies, tiny_config: ModelConfig) -> None:
+    """A fast model's batches keep the dtype their samples were cast to in the workers; a missing view is
+    zeros in it, and a stray float32 sample is cast to the batch's dtype."""
+    sample = StudyDataset(studies, config=tiny_config)[0]
+    half = sample.as_dtype(torch.bfloat16)
+    assert half.labels.dtype == torch.float32 and torch.equal(half.frontal, sample.frontal.to(torch.bfloat16))
+    lateral_only = data_module.StudySample("x", None, sample.lateral, sample.labels, sample.image_size)
+    batch = collate([half, lateral_only])
+    assert (
+        batch.frontal.dtype == batch.lateral.dtype == torch.bfloat16 and batch.labels.dtype == torch.float32
+    )
+    assert torch.equal(batch.frontal[0], half.frontal) and not batch.frontal[1].any()
+    assert torch.equal(batch.lateral[1], sample.lateral.to(torch.bfloat16))
+    assert batch.has_frontal.tolist() == [True, False] and batch.has_lateral.tolist() == [True, True]
+    assert collate([sample]).frontal.dtype == torch.float32
 
 
 def test_workers_draw_different_augmentations(study_folder: Path, tiny_config: ModelConfig) -> None:

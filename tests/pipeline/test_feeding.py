@@ -199,6 +199,36 @@ def test_predict_batch_reads_back_every_head_in_one_copy(eleven: Path, predictor
     assert torch.isnan(out.lateral).all() and not torch.isnan(out.final).any()
 
 
+def test_fast_batches_come_in_the_models_dtype_with_the_same_probabilities(tmp_path: Path) -> None:
+    """On the fast path the workers cast the images to the dtype the model computes in, as autocast's
+    first step would: half the bytes to receive, stack and copy to the device, and the same probabilities
+    as float32 batches. Off the fast path the batches stay float32."""
+    for i in range(3):
+        for view in ("PA", "LL"):
+            write_dicom(tmp_path / f"s{i}{view}.dcm", study_uid=f"1.2.{i}", view_position=view, seed=2 * i)
+    write_dicom(tmp_path / "single.dcm", study_uid="1.2.9", view_position="LL", seed=9)
+    studies = scan_folder(tmp_path).studies
+    torch.manual_seed(0)
+    model = TwoViewNet(ModelConfig.tiny(labels=("a", "b")))
+
+    def predicted(dtype: torch.dtype) -> list:
+        predictor = Predictor(model, device="cpu")
+        predictor.model.fast(torch.bfloat16)  # bfloat16 autocast on any CPU, not only where it is fast
+        predictor.batch_dtype = dtype
+        batches = [loaded.batch for loaded in predictor.batches(studies, batch_size=3, workers=1)]
+        assert {b.frontal.dtype for b in batches} == {b.lateral.dtype for b in batches} == {dtype}
+        return predictor.predict_studies(studies, batch_size=3, workers=1)
+
+    half, full = predicted(torch.bfloat16), predicted(torch.float32)
+    assert [p.route for p in half] == [p.route for p in full] == ["joint"] * 3 + ["lateral"]
+    for name in ("frontal", "lateral", "joint", "final"):
+        for mine, theirs in zip(half, full, strict=True):
+            a, b = getattr(mine, name), getattr(theirs, name)
+            assert a.keys() == b.keys() and all((a[k] is None) == (b[k] is None) for k in a)
+            assert all(abs(a[k] - b[k]) <= 1e-6 for k in a if a[k] is not None), (name, a, b)
+    assert Predictor(model, device="cpu", fast=False).batch_dtype == torch.float32
+
+
 def test_batch_values_are_read_once_per_batch_with_nan_as_none(eleven: Path) -> None:
     """A batch's heads and routes become Python values in one read; a head that did not run gives None."""
     from models.twoview import ViewLogits
