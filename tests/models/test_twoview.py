@@ -157,17 +157,20 @@ def test_frontal_only_backward_leaves_lateral_and_fusion_without_gradient():
 
 
 def test_fast_path_matches_float32():
+    """`fast()` stays within 0.02 of float32, and `plain()` gives float32 back. The logits are compared
+    with logits: through sigmoid and back, a float32 rounding of the probability near 0 or 1 became a
+    logit error of up to 4e-5, which failed this test now and then."""
     torch.manual_seed(0)
     net = TwoViewNet(ModelConfig.tiny(image_size=64)).eval()
     batch = make_batch(MIXED)
     with torch.no_grad():
-        reference = net(*batch).sigmoid()
-        fast = net.fast(torch.bfloat16)(*batch).sigmoid()
+        reference = net(*batch)
+        fast = net.fast(torch.bfloat16)(*batch)
     assert fast.final.dtype == torch.float32
-    assert (fast.final - reference.final).abs().max() < 0.02
+    assert (fast.final.sigmoid() - reference.final.sigmoid()).abs().max() < 0.02
     net.plain()
     with torch.no_grad():
-        torch.testing.assert_close(net(*batch).final, reference.final.logit())
+        torch.testing.assert_close(net(*batch).final, reference.final)
 
 
 def test_channels_last_trains_as_contiguous():
