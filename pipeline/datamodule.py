@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from models.config import ModelConfig
-from pipeline.data import StudyDataset, ViewBatch, batched, collate, study_loader
+from pipeline.data import InDtype, StudyDataset, ViewBatch, batched, collate, study_loader
 from pipeline.dicom import read_header
 from pipeline.errors import ImageError, TrainError
 from pipeline.manifest import Manifest, read_manifest
@@ -27,6 +27,7 @@ from pipeline.settings import TrainSettings
 from pipeline.studies import Study
 
 __all__ = [
+    "MIXED_PRECISION_INPUTS",
     "PHANTOM_DEVICE",
     "StudyBatches",
     "StudyDataModule",
@@ -40,6 +41,9 @@ PHANTOM_DEVICE = "twoview phantom"
 _SYNTHETIC_SAMPLE = 200  # files whose headers are read to tell a phantom dataset
 
 log = logging.getLogger(__name__)
+
+#: Lightning's mixed precisions, and the dtype in which each runs a model's first convolution.
+MIXED_PRECISION_INPUTS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 class StudyDataModule(pl.LightningDataModule):
@@ -66,10 +70,17 @@ class StudyDataModule(pl.LightningDataModule):
         sampler = self._sampler(dataset, shuffle)
         if shuffle and len(sampler) > size:  # training: whole batches only (no 1-row BatchNorm batch)
             sampler = _Leading(sampler, len(sampler) // size * size)
+        images = InDtype(dataset, self.input_dtype())
         loader = study_loader(
-            dataset, batch_size=size, workers=workers, sampler=sampler, persistent_workers=workers > 0
+            images, batch_size=size, workers=workers, sampler=sampler, persistent_workers=workers > 0
         )
         return StudyBatches(loader, size, pin=torch.cuda.is_available())
+
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the images in the batches: what the trainer's mixed precision casts them to
+        before the first convolution (autocast), else float32."""
+        precision = str(self.trainer.precision) if self.trainer is not None else "32-true"
+        return MIXED_PRECISION_INPUTS.get(precision, torch.float32)
 
     def _sampler(self, dataset: StudyDataset, shuffle: bool) -> Sampler:
         """This process's share of the studies: all of them, or under DDP one rank's (what Lightning

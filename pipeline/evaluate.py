@@ -16,7 +16,7 @@ import torch
 from models.atomic import write_atomic
 from models.names import OUTPUTS
 from models.twoview import TwoViewNet
-from pipeline.data import StudyDataset, batched, collate, study_loader
+from pipeline.data import InDtype, StudyDataset, batched, collate, study_loader
 from pipeline.errors import TwoviewError
 from pipeline.manifest import read_manifest
 from pipeline.metrics import EvaluationReport, evaluation_report
@@ -49,7 +49,7 @@ def predict_labelled(
     """
     gate = predictor.gate(workers)
     loader = study_loader(
-        Gated(dataset, gate),
+        Gated(InDtype(dataset, predictor.batch_dtype), gate),
         batch_size=batch_size,
         workers=workers,
         multiprocessing_context=gate.context if workers else None,

@@ -17,7 +17,7 @@ import torch
 from models.checkpoint import load, read_config
 from models.config import SYNTHETIC_NOTICE, ModelConfig
 from models.losses import MultiViewLoss
-from models.twoview import fast_dtype
+from models.twoview import TwoViewNet, fast_dtype
 from pipeline.data import StudyDataset, collate
 from pipeline.datamodule import StudyDataModule, patient_split
 from pipeline.errors import TrainError
@@ -139,7 +139,9 @@ def test_under_ddp_each_rank_loads_its_own_share(tmp_path):
     ranks = []
     for rank in (0, 1):
         data = StudyDataModule(settings(tmp_path / "run", batch_size=2), tiny_config())
-        data.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank})
+        data.trainer = SimpleNamespace(
+            precision="32-true", distributed_sampler_kwargs={"num_replicas": 2, "rank": rank}
+        )
         data.setup()
         loader = data.train_dataloader()
         shard = loader.sampler.sampler  # inside the cut to whole batches
@@ -147,6 +149,45 @@ def test_under_ddp_each_rank_loads_its_own_share(tmp_path):
         ranks.append({s for b in loader for s in b.study_ids})
     assert len(ranks[0] & ranks[1]) <= len(data.train_set) % 2  # DistributedSampler pads an odd count
     assert len(ranks[0] | ranks[1]) >= len(data.train_set) - 2 * 2  # each rank drops at most a partial batch
+
+
+def test_under_mixed_precision_the_batches_come_in_its_dtype(tmp_path):
+    """The workers cast the images to the dtype autocast casts them to before the first convolution
+    (half the bytes for the training process to take in); at 32-true they stay float32, as do labels."""
+    for precision, dtype in [
+        ("bf16-mixed", torch.bfloat16),
+        ("16-mixed", torch.float16),
+        ("32-true", torch.float32),
+    ]:
+        data = StudyDataModule(settings(tmp_path / "run", batch_size=2), tiny_config())
+        data.trainer = SimpleNamespace(precision=precision, distributed_sampler_kwargs=None)
+        data.setup()
+        for loader in (data.train_dataloader(), data.val_dataloader()):
+            batch = next(iter(loader))
+            assert batch.frontal.dtype == batch.lateral.dtype == dtype, precision
+            assert batch.labels.dtype == torch.float32
+    assert data.val_set[0].frontal.dtype == torch.float32  # the dataset itself, as the final report reads it
+
+
+def test_a_bfloat16_batch_trains_as_its_float32_batch_under_bfloat16_autocast():
+    """Nothing before the first convolution computes on the images: with bfloat16 autocast, the batch
+    cast in the workers gives the training forward the float32 batch gives (dropout drawn alike)."""
+    data = StudyDataset.from_manifest(read_manifest(MANIFEST), config=tiny_config())
+    batch = collate([data[i] for i in range(6)])
+    torch.manual_seed(0)
+    net = TwoViewNet(tiny_config()).train().channels_last()
+    outputs = []
+    for frontal, lateral in [
+        (batch.frontal, batch.lateral),
+        (batch.frontal.bfloat16(), batch.lateral.bfloat16()),
+    ]:
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(net(frontal, lateral, batch.has_frontal, batch.has_lateral))
+    for name in ("frontal", "lateral", "joint", "final"):
+        torch.testing.assert_close(
+            getattr(outputs[1], name), getattr(outputs[0], name), rtol=0, atol=1e-6, equal_nan=True, msg=name
+        )
 
 
 def test_training_lowers_the_loss_and_leaves_a_complete_run(tmp_path):
