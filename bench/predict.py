@@ -280,7 +280,7 @@ _FULL_MONAI = _TIMED + "import monai; from pipeline.cli import main; sys.exit(ma
 
 @dataclass
 class Start:
-    """Seconds from starting `python -m pipeline.cli predict` to its first batch's model call, to its
+    """Seconds from starting `twoview predict` (a fresh process) to its first batch's model call, to its
     first written row, and to its end."""
 
     into_model: float
