@@ -86,6 +86,11 @@ class StudySample:
     def is_empty(self) -> bool:
         return self.frontal is None and self.lateral is None
 
+    @property
+    def image_dtype(self) -> torch.dtype:
+        """The images' dtype (float32 for a sample with none)."""
+        return next((t.dtype for t in (self.frontal, self.lateral) if t is not None), torch.float32)
+
     def as_dtype(self, dtype: torch.dtype) -> StudySample:
         """The same study with its images in `dtype` (rounded as autocast rounds a model's input)."""
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
@@ -95,9 +100,9 @@ class StudySample:
         """Pickled with its arrays by value: from a DataLoader worker, each tensor would otherwise cross
         in a shared-memory segment of its own, its file descriptor fetched by the receiving process over a
         socket from the worker, which cost the main thread more than the copy (`bench/RESULTS.md`)."""
-        dtype = next((t.dtype for t in (self.frontal, self.lateral) if t is not None), torch.float32)
         images = (None if t is None else _array(t) for t in (self.frontal, self.lateral))
-        return _study_sample, (self.study_id, *images, self.labels.numpy(), self.image_size, str(dtype))
+        dtype = str(self.image_dtype)
+        return _study_sample, (self.study_id, *images, self.labels.numpy(), self.image_size, dtype)
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -111,16 +116,13 @@ def _study_sample(
     lateral: np.ndarray | None,
     labels: np.ndarray,
     size: int,
-    dtype: str = "torch.float32",
+    dtype: str = str(torch.float32),
 ) -> StudySample:
     def tensor(array: np.ndarray | None) -> torch.Tensor | None:
         if array is None:
             return None
-        return (
-            torch.from_numpy(array).view(torch.bfloat16)
-            if dtype == "torch.bfloat16"
-            else torch.from_numpy(array)
-        )
+        values = torch.from_numpy(array)
+        return values.view(torch.bfloat16) if dtype == str(torch.bfloat16) else values
 
     return StudySample(study_id, tensor(frontal), tensor(lateral), torch.from_numpy(labels), size)
 
@@ -175,8 +177,7 @@ def collate(samples: Sequence[StudySample], *, pin: bool = False) -> ViewBatch:
         else:
             kept.append(sample)
     size, k = samples[0].image_size, samples[0].labels.shape[0]
-    images = [t for s in kept for t in (s.frontal, s.lateral) if t is not None]
-    dtype = images[0].dtype if images else torch.float32
+    dtype = kept[0].image_dtype if kept else torch.float32
     views = [torch.empty(len(kept), 1, size, size, dtype=dtype, pin_memory=pin) for _ in range(2)]
     for batch, name in zip(views, ("frontal", "lateral"), strict=True):
         rows = _array(batch)
