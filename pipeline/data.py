@@ -231,7 +231,7 @@ def study_loader(dataset: Dataset, *, batch_size: int, workers: int, **options: 
     )
 
 
-#: What the workers' result pipe is asked to hold: a 224 px two-view study is ~400 KB.
+#: What the workers' result pipe is asked to hold: a 224 px two-view study is ~400 KB in float32.
 RESULT_PIPE_BYTES = 1 << 20
 
 

@@ -26,7 +26,7 @@ from models.config import ModelConfig
 from models.errors import CheckpointError
 from models.names import HEADS, ROUTES
 from models.twoview import TwoViewNet, ViewLogits, fast_dtype
-from pipeline.data import StudyDataset, StudySample, ViewBatch, batched, collate, study_loader
+from pipeline.data import InDtype, StudyDataset, StudySample, ViewBatch, batched, collate, study_loader
 from pipeline.deidentify import Deidentifier, scrubbed_logs
 from pipeline.errors import TwoviewError
 from pipeline.isolate import Runner, direct
@@ -183,13 +183,13 @@ class _Studies(Dataset):
 
     def __init__(self, studies: Sequence[Study], predictor: Predictor, runner: Runner = direct) -> None:
         self.base = StudyDataset(studies, config=predictor.config, train=False, runner=runner)
-        self.dtype = predictor.batch_dtype  # cast here, in the worker
+        self.samples = InDtype(self.base, predictor.batch_dtype)  # cast here, in the worker
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int) -> tuple[int, StudySample, tuple[SetAside, ...]]:
-        sample = self.base[index].as_dtype(self.dtype)
+        sample = self.samples[index]
         return index, sample, decode_errors(self.base.studies[index], self.base.failed)
 
 
