@@ -59,6 +59,8 @@ class Gate:
     ) -> None:
         self.context = context or multiprocessing.get_context()
         self._open = self.context.Event() if active else None
+        # Items below this index pass a closed gate (shared memory: the workers read what the maker sets).
+        self._passing = self.context.Value("q", 0, lock=False) if active else None
         if self._open is not None:
             self._open.set()
         self._parent = os.getpid()
@@ -67,9 +69,12 @@ class Gate:
     def active(self) -> bool:
         return self._open is not None
 
-    def wait(self) -> None:
-        """In a worker: return once the gate is open (or the process that made the gate is gone)."""
+    def wait(self, index: int | None = None) -> None:
+        """In a worker: return once the gate is open (or the process that made the gate is gone), or at
+        once for item `index` if `closed(passing=...)` lets it through."""
         if self._open is None or os.getpid() == self._parent:
+            return
+        if index is not None and index < self._passing.value:
             return
         parent = os.getppid()  # the gate's maker, or a forkserver that exits when the maker does
         while not self._open.wait(timeout=1.0):
@@ -77,16 +82,22 @@ class Gate:
                 return
 
     @contextmanager
-    def closed(self) -> Iterator[None]:
-        """Hold the workers back for the duration of the block (a worker already inside an item finishes it)."""
+    def closed(self, *, passing: int = 0) -> Iterator[None]:
+        """Hold the workers back for the duration of the block (a worker already inside an item finishes it).
+
+        Items whose index is below `passing` are still made: while a model loads, its first batch is
+        decoded, and nothing more takes the cores from the load.
+        """
         if self._open is None:
             yield
             return
+        self._passing.value = passing
         self._open.clear()
         try:
             yield
         finally:
             self._open.set()
+            self._passing.value = 0
 
 
 def _alive(pid: int) -> bool:
@@ -110,7 +121,7 @@ class Gated:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        self.gate.wait()
+        self.gate.wait(index)
         return self.dataset[index]
 
 

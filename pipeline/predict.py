@@ -368,7 +368,8 @@ class Predictor:
         running: list[tuple[_Loaded, _Running | None]] = []
         gate = self.gate(workers)
         loading = self.batches(studies, batch_size=batch_size, workers=workers, runner=runner, gate=gate)
-        _ = self.model  # a checkpoint not read yet is read now, while the workers decode the first batch
+        with gate.closed(passing=batch_size):  # on the CPU, only the first batch competes with the load
+            _ = self.model  # a checkpoint not read yet is read now, while the workers decode the first batch
         for loaded in loading:
             with gate.closed():
                 launched = self._launch(loaded.batch) if loaded.batch is not None else None

@@ -36,6 +36,67 @@ def test_a_closed_gate_holds_a_worker_until_the_block_ends(method: str) -> None:
     worker.join(10)
 
 
+def _wait_for_item(gate: Gate, index: int, done) -> None:
+    gate.wait(index)
+    done.put((index, time.monotonic()))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_gate_closed_for_a_model_load_lets_the_first_batch_through(method: str) -> None:
+    """`closed(passing=n)`: items 0..n-1 are made at once (the first batch, while the model loads), later
+    ones wait for the block's end; afterwards every item passes an open gate."""
+    context = multiprocessing.get_context(method)
+    gate, done = Gate(context=context), context.Queue()
+    with gate.closed(passing=2):
+        workers = [context.Process(target=_wait_for_item, args=(gate, i, done)) for i in (1, 2)]
+        for worker in workers:
+            worker.start()
+        index, _ = done.get(timeout=60)  # a spawned worker on a loaded machine starts slowly
+        assert index == 1
+        time.sleep(1.5)  # past the wait's one-second check of its parent
+        assert done.empty()
+        opened = time.monotonic()
+    index, when = done.get(timeout=60)
+    assert index == 2 and when >= opened
+    for worker in workers:
+        worker.join(10)
+    with gate.closed():  # the allowance ended with its block
+        late = context.Process(target=_wait_for_item, args=(gate, 0, done))
+        late.start()
+        time.sleep(1.5)
+        assert done.empty()
+    assert done.get(timeout=60)[0] == 0
+    late.join(10)
+
+
+class _Stamped:
+    """Items that say when a worker made them."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        return index, time.monotonic()
+
+
+def test_a_loaders_workers_make_only_the_passing_items_while_the_gate_is_closed() -> None:
+    """What `Predictor` does while its checkpoint loads: DataLoader workers decode the first batch only."""
+    from torch.utils.data import DataLoader
+
+    gate = Gate()
+    loader = DataLoader(
+        Gated(_Stamped(), gate), batch_size=None, num_workers=2, prefetch_factor=3, timeout=60
+    )
+    with gate.closed(passing=2):
+        items = iter(loader)
+        first = [next(items), next(items)]
+        time.sleep(1.5)  # the workers, had they been let through, would have made items 2..5 by now
+        opened = time.monotonic()
+    rest = list(items)
+    assert [index for index, _ in first] == [0, 1] and all(made < opened for _, made in first)
+    assert [index for index, _ in rest] == [2, 3, 4, 5] and all(made >= opened for _, made in rest)
+
+
 def test_an_open_gate_lets_a_worker_through_at_once() -> None:
     gate, done = Gate(), fork.Queue()
     start = time.monotonic()
