@@ -273,7 +273,7 @@ builtins.__import__ = _watch
 """
 
 #: `twoview predict` as the console script runs it, and with MONAI imported whole first (so
-#: `models.monai_import` cannot trim it): the before.
+#: `models.lean_imports` cannot trim it): the before.
 _TWOVIEW = _TIMED + "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
 _FULL_MONAI = _TIMED + "import monai; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import importlib
 
-from models import monai_import
+from models import lean_imports
 
-monai_import.install()  # before any of our modules imports MONAI
+lean_imports.install()  # before any of our modules imports MONAI
 
 _WHERE = {
     "DEFAULT_LABELS": "models.config",

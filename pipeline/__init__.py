@@ -1,5 +1,5 @@
 """Files in, results out: DICOM reading, studies, data, prediction, training and the CLI."""
 
-from models import monai_import
+from models import lean_imports
 
-monai_import.install()  # before any of our modules imports MONAI (pipeline.explain does, first thing)
+lean_imports.install()  # before any of our modules imports MONAI or pydicom
