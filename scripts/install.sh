@@ -59,4 +59,8 @@ fi
 # shellcheck disable=SC2086
 "$venv/bin/python" -m pip install --quiet ${TWOVIEW_TORCH:-torch==2.13.0}
 "$venv/bin/python" -m pip install --quiet -e ".[dev]"
+# twoview runs from this checkout (an editable install): compile its modules now, once. Where
+# PYTHONDONTWRITEBYTECODE is set (Docker images, CI runners), every process would otherwise compile them
+# again, about 0.3 s of each `twoview` start.
+"$venv/bin/python" -m compileall -q -j 0 app models pipeline sample_data >/dev/null
 echo "install: $("$venv/bin/twoview" --version) in $venv; start the app with: $venv/bin/twoview app"
