@@ -292,7 +292,7 @@ class Start:
 def compile_sources() -> None:
     """Compile twoview's modules as `scripts/install.sh` does, so a fresh process is timed as a user's runs
     are, not with the compiler (this checkout is imported in place; where PYTHONDONTWRITEBYTECODE is set,
-    as here, no run would write the bytecode, and each would spend ~0.3 s compiling)."""
+    as here, no run would write the bytecode, and each would spend ~0.1 s compiling)."""
     root = Path(__file__).resolve().parents[1]
     for package in ("app", "models", "pipeline", "sample_data"):
         compileall.compile_dir(root / package, quiet=2, workers=0)
