@@ -178,7 +178,7 @@ def run_overlap(folder: Path, predictor: Predictor, args: argparse.Namespace, ou
     what `twoview predict` did before the gate, so the gain is measured side by side."""
     overlapping = argparse.Namespace(**{**vars(args), "workers": max(args.workers - 1, 1)})
     gate = Predictor.gate
-    Predictor.gate = lambda self, workers: Gate(active=False)
+    Predictor.gate = lambda self, workers, passing=0: Gate(active=False)
     try:
         return run_twoview(folder, predictor, overlapping, out)
     finally:

@@ -52,15 +52,20 @@ class Gate:
     slower than taking turns (`bench/predict.py`: 13 against 10 studies/s on 2 cores). Workers call
     `wait` before each item; the model runs inside `closed()`. An inactive gate (model on a GPU, or no
     worker processes) does nothing. The workers must start from `context` (default: the default one).
+    Items whose index is below `passing` never wait: the first batch, decoded while the model loads
+    inside `closed()`, so that nothing but that batch takes the cores from the load.
     """
 
     def __init__(
-        self, active: bool = True, context: multiprocessing.context.BaseContext | None = None
+        self,
+        active: bool = True,
+        context: multiprocessing.context.BaseContext | None = None,
+        *,
+        passing: int = 0,
     ) -> None:
         self.context = context or multiprocessing.get_context()
         self._open = self.context.Event() if active else None
-        # Items below this index pass a closed gate (shared memory: the workers read what the maker sets).
-        self._passing = self.context.Value("q", 0, lock=False) if active else None
+        self.passing = passing
         if self._open is not None:
             self._open.set()
         self._parent = os.getpid()
@@ -70,11 +75,11 @@ class Gate:
         return self._open is not None
 
     def wait(self, index: int | None = None) -> None:
-        """In a worker: return once the gate is open (or the process that made the gate is gone), or at
-        once for item `index` if `closed(passing=...)` lets it through."""
+        """In a worker: return once the gate is open (or the process that made the gate is gone); at once
+        for an item `index` below `passing`."""
         if self._open is None or os.getpid() == self._parent:
             return
-        if index is not None and index < self._passing.value:
+        if index is not None and index < self.passing:
             return
         parent = os.getppid()  # the gate's maker, or a forkserver that exits when the maker does
         while not self._open.wait(timeout=1.0):
@@ -82,22 +87,16 @@ class Gate:
                 return
 
     @contextmanager
-    def closed(self, *, passing: int = 0) -> Iterator[None]:
-        """Hold the workers back for the duration of the block (a worker already inside an item finishes it).
-
-        Items whose index is below `passing` are still made: while a model loads, its first batch is
-        decoded, and nothing more takes the cores from the load.
-        """
+    def closed(self) -> Iterator[None]:
+        """Hold the workers back for the duration of the block (a worker already inside an item finishes it)."""
         if self._open is None:
             yield
             return
-        self._passing.value = passing
         self._open.clear()
         try:
             yield
         finally:
             self._open.set()
-            self._passing.value = 0
 
 
 def _alive(pid: int) -> bool:

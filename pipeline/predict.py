@@ -333,9 +333,10 @@ class Predictor:
             return iter(())
         return self._stream(studies, batch_size, workers, runner)
 
-    def gate(self, workers: int) -> Gate:
-        """What keeps `workers` decoding processes off the cores while this model runs (on the CPU only)."""
-        return Gate(active=workers > 0 and self.device.type == "cpu")
+    def gate(self, workers: int, *, passing: int = 0) -> Gate:
+        """What keeps `workers` decoding processes off the cores while this model runs (on the CPU only);
+        items below `passing` never wait (see `Gate`)."""
+        return Gate(active=workers > 0 and self.device.type == "cpu", passing=passing)
 
     def batches(
         self,
@@ -366,9 +367,9 @@ class Predictor:
         """Batches from `batches`; on CUDA one batch runs on the GPU while the next is made."""
         ahead = 1 if self.device.type == "cuda" else 0
         running: list[tuple[_Loaded, _Running | None]] = []
-        gate = self.gate(workers)
+        gate = self.gate(workers, passing=batch_size)
         loading = self.batches(studies, batch_size=batch_size, workers=workers, runner=runner, gate=gate)
-        with gate.closed(passing=batch_size):  # on the CPU, only the first batch competes with the load
+        with gate.closed():  # on the CPU, only the first batch competes with the load
             _ = self.model  # a checkpoint not read yet is read now, while the workers decode the first batch
         for loaded in loading:
             with gate.closed():
