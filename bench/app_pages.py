@@ -9,7 +9,7 @@ and saves full-page screenshots of landing, Predict with a two-view result and h
 running, Fine-tune with charts (a tiny run on the sample labels) and Model into `--shots`.
 Targets (issue 12): Predict under 3 s warm, heatmaps under 6 s, on 2 cores.
 
-    python bench/app_pages.py [--shots DIR] [--rounds 3] [--epochs 4]
+    python -m bench.app_pages [--shots DIR] [--rounds 3] [--epochs 4]   # from the checkout (it reuses tests/browser)
 """
 
 from __future__ import annotations
