@@ -31,7 +31,7 @@ from pipeline.errors import TwoviewError
 from pipeline.explain import Explainer
 from pipeline.isolate import Isolated
 from pipeline.modelcard import ModelSummary, summarise
-from pipeline.predict import DEMO_MODEL, Predictor, load_model
+from pipeline.predict import DEMO_MODEL, Predictor
 
 logger = logging.getLogger("twoview.app")
 
@@ -109,9 +109,10 @@ def _stamp(path: Path) -> int:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def _predictor(path: str, mtime_ns: int) -> Predictor:
-    model, _ = load_model(path)
+    predictor = Predictor(Path(path), fast=True)  # reads the checkpoint itself: no copy of a loaded model
+    _ = predictor.model  # now, under the spinner (a damaged file is refused here)
     logger.info("loaded model %s", path)
-    return Predictor(model, fast=True)
+    return predictor
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
