@@ -301,7 +301,7 @@ def compile_sources() -> None:
 def first_batch(
     folder: Path, checkpoint: Path, args: argparse.Namespace, out: Path, *, full_monai: bool = False
 ) -> Start:
-    """Time a fresh `twoview predict` process (see `Start`); `compile_sources` first."""
+    """Time a fresh `twoview predict` process (see `Start`); `main` has run `compile_sources` before."""
     out.unlink(missing_ok=True)
     errors_path(out).unlink(missing_ok=True)
     stamp = out.with_suffix(".first")
