@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from models.atomic import atomic_open
 from models.config import ModelConfig
-from pipeline.dicom import HIGH_PERCENTILE, LOW_PERCENTILE, read_image
+from pipeline.dicom import HIGH_PERCENTILE, LOW_PERCENTILE, RANGE_SIDE, read_image
 from pipeline.errors import ImageError, TwoviewError
 from pipeline.isolate import Runner, direct
 from pipeline.manifest import Manifest
@@ -283,6 +283,7 @@ class ImageCache:
         decoding = {
             "apply_voi": apply_voi,
             "percentiles": [LOW_PERCENTILE, HIGH_PERCENTILE],
+            "range_side": RANGE_SIDE,
             "decoded_at": f"{DECODE_OVERSAMPLING}x" if reduced else "full",  # see `read_image(target_size=)`
         }
         self._settings = json.dumps({**preprocess_settings(config), **decoding}, sort_keys=True)

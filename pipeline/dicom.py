@@ -57,6 +57,7 @@ __all__ = [
     "XRAY_MODALITIES",
     "LOW_PERCENTILE",
     "HIGH_PERCENTILE",
+    "RANGE_SIDE",
     "MIN_SIDE",
     "MAX_SIDE",
     "MAX_FRAME_BYTES",
@@ -66,6 +67,12 @@ logger = logging.getLogger(__name__)
 
 LOW_PERCENTILE = 0.5  # the project's one intensity range: these percentiles map to 0 and 1
 HIGH_PERCENTILE = 99.5
+#: The percentiles are read from the image block-averaged to at least this many pixels on its longer side
+#: (under twice it), at whatever resolution it was decoded: a film's darkest and brightest 0.5 % lie in few,
+#: sharp pixels (markers, collimator edges), so a percentile read at another scale, or from every other
+#: row, moved the demo model's probabilities on RG1 by 0.02. It is the model path's decoding size for
+#: 224 px models (`pipeline.data.DECODE_OVERSAMPLING` x 224), so that path reads it off its own image.
+RANGE_SIDE = 448
 MIN_SIDE = 32  # smaller than this is an icon or a placeholder, not a radiograph
 MAX_SIDE = 16384  # a 43 cm detector at 0.05 mm is 8600 px; twice that is surely not a chest film
 MAX_FRAME_BYTES = 512 * 2**20  # declared size of the one frame we decode
@@ -99,7 +106,6 @@ _SMALL_READ = 16  # element headers are 4 to 12 bytes; pixel data and long value
 _PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_FULL_HISTOGRAM_PIXELS = 1 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _SNIFF_BYTES = 64 * 1024  # how much of a preamble-less file is parsed to decide whether it is DICOM
 _PERCENTILE_SAMPLES = 2**18  # float images estimate their percentiles from about this many pixels
@@ -931,9 +937,8 @@ def _to_unit_by_table(
     else:
         index = raw
         stored = np.arange(int(raw.max()) + 1, dtype=np.int64)
-    # Percentiles from every other row and column of big images: as exact for a film, 4x cheaper.
-    sample = index if index.size <= _FULL_HISTOGRAM_PIXELS else index[::2, ::2]
-    counts = np.bincount(sample.ravel(), minlength=stored.size)
+    sample = _block_mean(raw, max(raw.shape) // RANGE_SIDE, padding)  # see RANGE_SIDE
+    counts = np.bincount(sample.view(index.dtype).ravel(), minlength=stored.size)
     pad = np.zeros(stored.size, dtype=bool)
     if padding is not None:
         pad = (stored >= padding[0]) & (stored <= padding[1])
