@@ -7,15 +7,18 @@ one thread (what one DataLoader worker does per study: cache read, augmentation,
 prints it per core and times 12 workers, against the GPU target of 1,500 images/s. Last, the training
 step alone (forward, loss, backward, AdamW) on a fixed mixed batch, with the network's weights in
 channels-last memory (what `twoview train` uses) against contiguous, interleaved, in float32 and, where
-the CPU has fast bf16, bf16 autocast (`bf16-mixed`).
+the CPU has fast bf16, bf16 autocast (`bf16-mixed`). `--compile` trains compiled (`twoview train
+--compile`); with `--steps-only` it times the compiled step against the eager one instead of the layouts.
 
     python bench/train.py [--studies 64] [--epochs 3] [--size 224] [--arch densenet121] [--workers 2]
     python bench/train.py --steps-only [--step-rounds 5] [--step-device cuda --batch-size 64]
+    python bench/train.py --steps-only --compile [--compile-backend inductor] [--step-device cuda ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import statistics
@@ -71,6 +74,16 @@ def main() -> None:
     )
     parser.add_argument("--steps-only", action="store_true", help="only the training step alone")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train compiled (twoview train --compile); with --steps-only, the compiled step against eager",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the step alone (default: inductor)",
+    )
+    parser.add_argument(
         "--step-device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="where the step alone runs (default: the GPU if there is one)",
@@ -79,7 +92,7 @@ def main() -> None:
     if not args.steps_only:
         run_trainer(args)
     if args.step_rounds > 0:
-        print_layouts(args)
+        print_compiled(args) if args.compile and args.steps_only else print_layouts(args)
 
 
 def run_trainer(args: argparse.Namespace) -> None:
@@ -97,6 +110,7 @@ def run_trainer(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             workers=args.workers,
             patience=args.epochs,
+            compile=args.compile,
             precision=args.precision or ("bf16-mixed" if torch.backends.mkldnn.is_available() else "32-true"),
         )
         timer = StepTimer()
@@ -174,8 +188,8 @@ def step_rate(
     return steps * images / (time.perf_counter() - start)
 
 
-def print_layouts(args: argparse.Namespace) -> None:
-    """The training step alone, channels-last against contiguous weights, interleaved rounds."""
+def step_setup(args: argparse.Namespace) -> tuple[torch.device, TwoViewNet, tuple[torch.Tensor, ...], int]:
+    """The device, a network set up as the Trainer runs it there, a fixed mixed batch and the step count."""
     device = torch.device(args.step_device)
     base = ModelConfig.tiny() if args.arch == "tiny" else ModelConfig()
     config = dataclasses.replace(base, image_size=args.size)
@@ -194,7 +208,13 @@ def print_layouts(args: argparse.Namespace) -> None:
         has_lateral,
         (torch.rand(b, config.num_labels, device=device) > 0.7).float(),
     )
-    steps = 20 if device.type == "cuda" else 2
+    return device, net, batch, 20 if device.type == "cuda" else 2
+
+
+def print_layouts(args: argparse.Namespace) -> None:
+    """The training step alone, channels-last against contiguous weights, interleaved rounds."""
+    device, net, batch, steps = step_setup(args)
+    b, side = args.batch_size, net.config.image_size
     precisions = {"32-true": None}
     if fast_dtype(device) == torch.bfloat16:
         precisions["bf16-mixed"] = torch.bfloat16
@@ -221,6 +241,37 @@ def print_layouts(args: argparse.Namespace) -> None:
         fp32, bf16 = rates[("32-true", True)], rates[("bf16-mixed", True)]
         ratios = [b / f for b, f in zip(bf16, fp32, strict=True)]
         print(f"  bf16-mixed / 32-true, channels-last: {statistics.median(ratios):.2f}x")
+    if device.type == "cuda":
+        print("  GPU training target: >= 1,500 images/s")
+
+
+def print_compiled(args: argparse.Namespace) -> None:
+    """The training step alone, eager against compiled (`twoview train --compile`), channels-last, in the
+    device's fast precision, interleaved rounds; the first compiled step (the compiling) is timed apart."""
+    device, eager, batch, steps = step_setup(args)
+    eager.channels_last()
+    dtype = fast_dtype(device)
+    compiled = copy.deepcopy(eager)
+    compiled.compile(backend=args.compile_backend)
+    start = time.perf_counter()
+    step_rate(compiled, batch, dtype, 1)  # its untimed first step compiles the forward and backward graphs
+    compiling = time.perf_counter() - start
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(args.step_rounds):
+        rates["eager"].append(step_rate(eager, batch, dtype, steps))
+        rates["compiled"].append(step_rate(compiled, batch, dtype, steps))
+    ratios = [c / e for c, e in zip(rates["compiled"], rates["eager"], strict=True)]
+    print(
+        f"training step alone, compiled ({args.compile_backend}) against eager: {args.arch} at "
+        f"{eager.config.image_size} px, batch {args.batch_size}, {dtype or 'float32'}, channels-last, {steps} "
+        f"steps x {args.step_rounds} interleaved rounds, {device.type}, load {os.getloadavg()[0]:.1f}"
+    )
+    print(f"  first compiled step (compiling): {compiling:.1f} s")
+    print(
+        f"  eager {statistics.median(rates['eager']):6.1f} images/s, compiled "
+        f"{statistics.median(rates['compiled']):6.1f}: {statistics.median(ratios):.2f}x "
+        f"(per round {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
     if device.type == "cuda":
         print("  GPU training target: >= 1,500 images/s")
 

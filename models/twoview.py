@@ -16,6 +16,7 @@ import copy
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from monai.networks.nets import DenseNet
@@ -95,6 +96,11 @@ class _Branch(nn.Module):
         self.trunk = nn.Sequential(OrderedDict((k, v) for k, v in layers.items() if k not in tail_names))
         self.tail = nn.Sequential(OrderedDict((k, layers[k]) for k in tail_names))
         self.head = _Head(densenet.class_layers.out.in_features, config.num_labels, config.head_dropout)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Block-3 maps `[B, C, H/16, W/16]` (the fusion's input) and this view's logits `[B, K]`."""
+        maps = self.trunk(images)
+        return maps, self.head(self.tail(maps))
 
 
 class _Fusion(nn.Module):
@@ -199,10 +205,8 @@ class TwoViewNet(nn.Module):
             rows, count = self._rows(present.nonzero().squeeze(1), device)
             if count == 0:
                 continue
-            branch = getattr(self, name)
-            maps[name] = branch.trunk(self._prepare(images.index_select(0, rows)))  # [Bv, C, H/16, W/16]
-            logits = branch.head(branch.tail(maps[name]))[:count].float()  # [Bv, K]
-            heads[name] = blank.index_copy(0, rows[:count], logits)
+            maps[name], logits = getattr(self, name)(self._prepare(images.index_select(0, rows)))
+            heads[name] = blank.index_copy(0, rows[:count], logits[:count].float())
         if both.any():
             # Two-view rows, as positions inside each view's subset of the batch.
             in_frontal, count = self._rows((has_frontal.cumsum(0) - 1)[both], device)
@@ -264,6 +268,16 @@ class TwoViewNet(nn.Module):
         """Undo `fast()`: float32, contiguous memory."""
         self.inference_dtype = None
         return self.channels_last(False)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """`torch.compile` each branch and the fusion in place, leaving the routing between them eager.
+
+        Which rows take which branch depends on each batch's views, so a graph of the whole network would
+        break at every routing step; each part alone is one graph. Arguments go to `torch.compile`. The
+        state-dict keys stay as they are, so checkpoints do not change.
+        """
+        for part in (self.frontal, self.lateral, self.joint):
+            part.compile(*args, **kwargs)
 
     def channels_last(self, on: bool = True) -> TwoViewNet:
         """Weights, and the images `forward` is given, in channels-last memory (or back to contiguous).

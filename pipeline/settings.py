@@ -85,6 +85,11 @@ class TrainSettings:
     num_nodes: int = option(1, "machines taking part (multi-node DDP)")
     strategy: str = option("auto", "auto or ddp (multi-GPU / multi-node)")
     workers: int = option(2, "DataLoader workers per process")
+    compile: bool = option(
+        False,
+        "compile the network with torch.compile: faster steps on a GPU after a few minutes of compiling "
+        "(on a CPU it needs a C++ compiler, and compiling takes longer than it saves on short runs)",
+    )
     patience: int = option(5, "epochs without a validation AUROC gain before stopping")
     seed: int = option(0, "random seed of the split, the augmentation and the initialisation")
     cache_dir: str | None = option(None, "decoded-image cache (default: RUN_DIR/cache)")

@@ -71,7 +71,9 @@ GPU_LOG_EVERY = 25
 class TwoViewModule(pl.LightningModule):
     """`TwoViewNet` + `MultiViewLoss` with AdamW, warm-up + cosine LR, view dropout and AUROC per head.
 
-    Takes the network it trains; the hyper-parameters' defaults live in `TrainSettings` alone.
+    Takes the network it trains; the hyper-parameters' defaults live in `TrainSettings` alone. `compile`:
+    `torch.compile` options for the network's parts (`TwoViewNet.compile`) when training starts; None
+    trains it eagerly.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class TwoViewModule(pl.LightningModule):
         head_weights_end: tuple[float, float, float],
         ramp_epochs: int,
         view_dropout: float,
+        compile: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -115,6 +118,7 @@ class TwoViewModule(pl.LightningModule):
             head_weights_end=tuple(settings.head_weights_end),
             ramp_epochs=settings.ramp_epochs,
             view_dropout=settings.view_dropout,
+            compile={} if settings.compile else None,
         )
 
     def forward(self, batch: ViewBatch):
@@ -135,6 +139,8 @@ class TwoViewModule(pl.LightningModule):
         # parameters' layout: channels-last is the faster one for training on CPUs and GPUs alike.
         if stage == "fit":
             self.net.channels_last()
+            if self.hparams.compile is not None:
+                self.net.compile(**self.hparams.compile)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit":

@@ -4,7 +4,7 @@
 # The machine (see the device tool's README) has Python 3.12, torch, Lightning, torchmetrics, numpy,
 # Pillow, scipy, matplotlib and safetensors, but not MONAI, pydicom or the pylibjpeg decoders. The
 # versions are this project's locked ones. Then, with the device tool:
-#   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=480)
+#   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .whl && mkdir .whl

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +27,7 @@ from pipeline.manifest import read_manifest
 from pipeline.runs import read_metrics
 from pipeline.settings import TrainSettings
 from pipeline.start_model import build_start_model
-from pipeline.train import fit
+from pipeline.train import TwoViewModule, _trainer, fit
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "studies"
 MANIFEST = SAMPLES / "labels.csv"
@@ -228,6 +230,57 @@ def test_training_lowers_the_loss_and_leaves_a_complete_run(tmp_path):
     assert "frontal head alone vs the joint head" in report and "Youden" in report
     assert any(k.startswith("val/auroc_final") for k in series)
     assert "lr-AdamW" in series or any(k.startswith("lr") for k in series)
+
+
+class CompileProbe(pl.Callback):
+    """Notes whether each part of the network runs compiled in training steps and in validation."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, bool]] = set()
+
+    def _note(self, module, stage: str) -> None:
+        parts = (module.net.frontal, module.net.lateral, module.net.joint)
+        self.seen.add((stage, all(p._compiled_call_impl is not None for p in parts)))
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        self._note(module, "train")
+
+    def on_validation_batch_end(self, trainer, module, *args) -> None:
+        if not trainer.sanity_checking:
+            self._note(module, "val")
+
+
+def test_a_compiled_network_trains_validates_and_saves_as_an_eager_one(tmp_path):
+    """`--compile`: the Trainer's steps and validation run the compiled parts (`TwoViewNet.compile`), and
+    the checkpoints hold the same keys, loadable by an eager network.
+
+    Inductor's code generation takes minutes per graph on this 2-core CPU, so the module is given torch's
+    `aot_eager` backend (the same captured, differentiated graphs, run without generated code).
+    """
+    import torch._dynamo
+
+    assert settings(tmp_path, compile=True).to_args()[-1:] == ["--compile"]
+    run = settings(tmp_path / "run", epochs=2, batch_size=3)
+    pl.seed_everything(0, verbose=False)
+    net = TwoViewNet(tiny_config())
+    data = StudyDataModule(run, net.config)
+    module = TwoViewModule.from_settings(net, run, None)
+    assert module.hparams.compile is None  # eager unless asked
+    compiled = TwoViewModule.from_settings(net, replace(run, compile=True), None)
+    assert compiled.hparams.compile == {}  # torch.compile's defaults: inductor
+    module.hparams.compile = {"backend": "aot_eager"}
+    probe = CompileProbe()
+    trainer = _trainer(run, tmp_path / "run", [probe])
+    torch._dynamo.reset()
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        torch._dynamo.reset()
+    assert probe.seen == {("train", True), ("val", True)}
+    assert trainer.global_step > 0 and math.isfinite(trainer.callback_metrics["train/loss"])
+    assert "val/auroc_final" in trainer.callback_metrics
+    saved = load(tmp_path / "run" / "last.safetensors")
+    assert list(saved.state_dict()) == list(TwoViewNet(tiny_config()).state_dict())
 
 
 def test_a_new_label_set_gets_new_heads_from_a_checkpoint(tmp_path, caplog):
