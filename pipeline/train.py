@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -275,6 +277,8 @@ def fit(
         settings = TrainSettings.load(out / "settings.json")
     elif last_ckpt.exists():
         raise TrainError(f"{out} already holds a run; use --resume {out} to continue it, or another --out")
+    if settings.compile:
+        _check_compiler()
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     labels = _manifest_labels(settings)
@@ -291,6 +295,15 @@ def fit(
     if not trainer.is_global_zero:
         return None  # rank 0 writes the report
     return _finish(settings, out, data, trainer)
+
+
+def _check_compiler() -> None:
+    """`torch.compile` builds C++ (CPU) or Triton (GPU) kernels with the machine's C/C++ compiler."""
+    if not (os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++"))):
+        raise TrainError(
+            "--compile needs a C++ compiler (c++, g++ or clang++ on the PATH, or CXX set), and none was "
+            "found; install one (Debian: apt install g++) or train without --compile"
+        )
 
 
 def _manifest_labels(settings: TrainSettings) -> tuple[str, ...]:

@@ -283,6 +283,14 @@ def test_a_compiled_network_trains_validates_and_saves_as_an_eager_one(tmp_path)
     assert list(saved.state_dict()) == list(TwoViewNet(tiny_config()).state_dict())
 
 
+def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine with no compiler on its PATH
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(TrainError, match="needs a C\\+\\+ compiler.*without --compile"):
+        fit(settings(tmp_path / "run", compile=True))
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
 def test_a_new_label_set_gets_new_heads_from_a_checkpoint(tmp_path, caplog):
     first = tmp_path / "first"
     fit(settings(first, epochs=1))
