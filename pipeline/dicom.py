@@ -2,7 +2,8 @@
 
 This is the only module that touches pixel data. Every image leaves it in the project's one
 intensity range: float32 in [0, 1], bright = dense, where 0 and 1 are the 0.5th and 99.5th
-percentiles of the image after the Modality LUT and (by default) the VOI LUT or window.
+percentiles of the image after the Modality LUT and (by default) the VOI LUT or window, read at one
+scale (`RANGE_SIDE`) whatever the resolution it is decoded at.
 """
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ def test_a_compiled_network_trains_validates_and_saves_as_an_eager_one(tmp_path)
     import torch._dynamo
 
     assert settings(tmp_path, compile=True).to_args()[-1:] == ["--compile"]
-    run = settings(tmp_path / "run", epochs=2, batch_size=3)
+    run = settings(tmp_path / "run", epochs=1, batch_size=3)
     pl.seed_everything(0, verbose=False)
     net = TwoViewNet(tiny_config())
     data = StudyDataModule(run, net.config)
