@@ -14,6 +14,7 @@
 #   train_compiled.txt  the training step alone at batch 64, compiled (`twoview train --compile`) against
 #                   eager, and how long the compiling took
 # `TWOVIEW_GPU_SMOKE=1 bash bench/gpu.sh` runs the same steps tiny and on the CPU, to check the script.
+# `bash bench/gpu.sh NAME...` runs only the named steps (say, one that ran out of time in a first run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -43,9 +44,11 @@ fi
     python3 -c 'import monai, pydicom, lightning; print("monai", monai.__version__, "pydicom", pydicom.__version__, "lightning", lightning.__version__)'
 } 2>&1 | tee -a "$OUT/machine.txt"
 
+wanted=" $* "  # `bash bench/gpu.sh train_compiled scan` runs only those steps (default: all)
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME.txt
     local name=$1 limit=$2
     shift 2
+    [ "$wanted" = "  " ] || [[ "$wanted" == *" $name "* ]] || return 0
     echo "== $name: $*"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
     echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$OUT/$name.txt"
