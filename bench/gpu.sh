@@ -13,6 +13,8 @@
 #   main_thread.txt the main thread's CPU per study outside the model (budget at the target: 1.14 ms)
 #   train_compiled.txt  the training step alone at batch 64, compiled (`twoview train --compile`) against
 #                   eager, and how long the compiling took
+#   train_cudagraphs.txt  the same in inductor's reduce-overhead mode (CUDA graphs; not an option of
+#                   `twoview train` yet: this measures whether it should be)
 # `TWOVIEW_GPU_SMOKE=1 bash bench/gpu.sh` runs the same steps tiny and on the CPU, to check the script.
 # `bash bench/gpu.sh NAME...` runs only the named steps (say, one that ran out of time in a first run).
 set -uo pipefail
@@ -65,4 +67,8 @@ step main_thread 90 python3 bench/main_thread.py --studies "$thread_studies" --w
     --batch-size "$batch"
 step train_compiled 200 python3 bench/train.py --steps-only --compile --compile-backend "$backend" \
     --step-device "$device" --arch "$arch" --size "$size" --batch-size "$train_batch" --step-rounds 3
+if [ "$device" = cuda ]; then  # CUDA graphs take away the launch cost of a DenseNet's many small kernels
+    step train_cudagraphs 200 python3 bench/train.py --steps-only --compile --compile-mode reduce-overhead \
+        --step-device cuda --arch "$arch" --size "$size" --batch-size "$train_batch" --step-rounds 3
+fi
 echo "results in $OUT"
