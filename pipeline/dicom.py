@@ -966,8 +966,10 @@ def _to_unit_direct(
     values = np.asarray(to_display(raw), dtype=np.float32)
     if values is raw or not values.flags.writeable:
         values = values.copy()
-    step = max(1, int(np.sqrt(values.size / _PERCENTILE_SAMPLES)))
-    sample = values[::step, ::step] if pad is None else values[::step, ::step][~pad[::step, ::step]]
+    sample = (
+        values if pad is None else np.where(pad, np.float32(np.nan), values)
+    )  # NaN: left out of the range
+    sample = _block_mean(sample, max(values.shape) // RANGE_SIDE)  # see RANGE_SIDE
     lo, hi = _robust_range(path, sample.ravel(), None)
     values -= lo
     values *= 1.0 / (hi - lo)
@@ -985,10 +987,14 @@ def _robust_range(path: Path, values: np.ndarray, counts: np.ndarray | None) -> 
     Low is the smallest value with at least q of the pixels at or below it, high the largest with
     at least q at or above it, so MONOCHROME1 and its MONOCHROME2 twin scale identically.
     """
-    if counts is None:
+    if (
+        counts is None
+    ):  # every value once: a plain sort (the weighted path below keeps values and counts paired)
+        values = np.sort(values[np.isfinite(values)])
         counts = np.ones(values.size, dtype=np.int64)
-    keep = (counts > 0) & np.isfinite(values)
-    values, counts = values[keep], counts[keep]
+    else:
+        keep = (counts > 0) & np.isfinite(values)
+        values, counts = values[keep], counts[keep]
     if values.size == 0 or values.min() == values.max():
         raise EmptyImageError(path, "every pixel has the same value; the image is blank")
     if not (values[1:] >= values[:-1]).all():  # LUTs and windows are usually monotonic: no sort needed
@@ -1058,7 +1064,7 @@ def _check_picture_size(path: Path, img: Image.Image) -> None:
 
 
 def _picture_array(img: Image.Image, notes: list[str]) -> np.ndarray:
-    """A 2-D integer (or float) array of grey levels from any Pillow mode."""
+    """A 2-D integer (or, for "F" pictures, float) array of grey levels from any Pillow mode."""
     rotated = ImageOps.exif_transpose(img)
     if rotated.size != img.size or rotated.getexif().get(0x0112, 1) != img.getexif().get(0x0112, 1):
         notes.append("rotated upright using the EXIF orientation")
@@ -1073,7 +1079,9 @@ def _picture_array(img: Image.Image, notes: list[str]) -> np.ndarray:
         notes.append("palette colour converted to grey")
     elif img.mode not in ("P", "PA"):
         notes.append(f"{'RGB' if img.mode.startswith('RGB') else img.mode} converted to grey")
-    return np.asarray(img.convert("RGB")) @ _GREY_WEIGHTS
+    # Pillow's luma (ITU-R BT.601, rounded to 8 bits): integer grey levels as an "L" picture has, so colour
+    # exports take the same per-value table and integer block means (and the same range) at every scale.
+    return np.asarray(img.convert("RGB").convert("L"))
 
 
 def _palette_is_grey(img: Image.Image) -> bool:

@@ -338,6 +338,41 @@ def test_png_is_block_averaged(tmp_path: Path) -> None:
     assert_same_model_input(image, read_image(path))
 
 
+def test_a_colour_export_reads_as_its_grey_twin_at_every_scale(tmp_path: Path) -> None:
+    """An RGB export of a grey film (as PACS viewers often save one) gives the grey picture's pixels, full
+    and reduced: the same 8-bit grey levels, so the same range (before: 0.04 apart in the demo model's
+    probabilities on RG1 saved as an RGB JPEG)."""
+    pixels = (phantom(1955, 1841) >> 4).astype(np.uint8)
+    rng = np.random.default_rng(2)
+    pixels[rng.integers(0, 1955, 25_000), rng.integers(0, 1841, 25_000)] = 255
+    Image.fromarray(pixels).save(tmp_path / "grey.png")
+    Image.fromarray(pixels).convert("RGB").save(tmp_path / "colour.png")
+    for target in (None, dicom.RANGE_SIDE):
+        grey = read_image(tmp_path / "grey.png", target_size=target)
+        colour = read_image(tmp_path / "colour.png", target_size=target)
+        np.testing.assert_array_equal(colour.pixels, grey.pixels)
+        assert colour.reduction == grey.reduction == (1 if target is None else 4)
+        assert any("converted to grey" in note for note in colour.warnings)
+
+
+def test_deep_pixels_take_their_range_at_the_same_scale(tmp_path: Path) -> None:
+    """The path for 32-bit and float data (and colour DICOM) reads its percentiles from block means too."""
+    pixels = phantom(1955, 1841).astype(np.uint32) * 1000
+    rng = np.random.default_rng(3)
+    pixels[rng.integers(0, 1955, 25_000), rng.integers(0, 1841, 25_000)] = 4095 * 1000
+    pixels[100:300, 100:300] = 2200 * 1000
+    ds = _dataset()  # pydicom's set_pixel_data stops at 16 bits
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.PixelData = pixels.tobytes()
+    path = _save(ds, tmp_path / "deep.dcm")
+    full = read_image(path)
+    reduced = read_image(path, target_size=dicom.RANGE_SIDE)
+    assert reduced.reduction == 4
+    assert abs(float(full.pixels[150, 150]) - float(reduced.pixels[150 // 4, 150 // 4])) < 1e-4
+
+
 # --- resizing a reduced image as its original ----------------------------------------------------
 
 
