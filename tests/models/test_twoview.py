@@ -234,6 +234,7 @@ def test_compiled_parts_give_the_eager_outputs_and_gradients():
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()  # reset() leaves them: other tests of this process may have compiled before
     torch.manual_seed(0)
     eager = TwoViewNet(ModelConfig.tiny(dropout=0.0, head_dropout=0.0)).train().channels_last()
     compiled = copy.deepcopy(eager)
