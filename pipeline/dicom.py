@@ -109,7 +109,7 @@ _PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _SNIFF_BYTES = 64 * 1024  # how much of a preamble-less file is parsed to decide whether it is DICOM
-_PERCENTILE_SAMPLES = 2**18  # float images estimate their percentiles from about this many pixels
+_PERCENTILE_SAMPLES = 2**18  # `read_values` estimates its default window from about this many pixels
 _GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
 _SCALED_SYNTAXES = {JPEG2000Lossless, JPEG2000, JPEGBaseline8Bit}  # decoders that can skip detail
@@ -938,8 +938,7 @@ def _to_unit_by_table(
     else:
         index = raw
         stored = np.arange(int(raw.max()) + 1, dtype=np.int64)
-    sample = _block_mean(raw, max(raw.shape) // RANGE_SIDE, padding)  # see RANGE_SIDE
-    counts = np.bincount(sample.view(index.dtype).ravel(), minlength=stored.size)
+    counts = np.bincount(_at_range_scale(raw, padding).view(index.dtype).ravel(), minlength=stored.size)
     pad = np.zeros(stored.size, dtype=bool)
     if padding is not None:
         pad = (stored >= padding[0]) & (stored <= padding[1])
@@ -966,11 +965,9 @@ def _to_unit_direct(
     values = np.asarray(to_display(raw), dtype=np.float32)
     if values is raw or not values.flags.writeable:
         values = values.copy()
-    sample = (
-        values if pad is None else np.where(pad, np.float32(np.nan), values)
-    )  # NaN: left out of the range
-    sample = _block_mean(sample, max(values.shape) // RANGE_SIDE)  # see RANGE_SIDE
-    lo, hi = _robust_range(path, sample.ravel(), None)
+    # Padding as NaN: blocks holding any are left out of the range.
+    sample = values if pad is None else np.where(pad, np.float32(np.nan), values)
+    lo, hi = _robust_range(path, _at_range_scale(sample).ravel(), None)
     values -= lo
     values *= 1.0 / (hi - lo)
     np.clip(values, 0.0, 1.0, out=values)
@@ -981,15 +978,18 @@ def _to_unit_direct(
     return values
 
 
+def _at_range_scale(arr: np.ndarray, padding: tuple[int, int] | None = None) -> np.ndarray:
+    """`arr` block-averaged to the scale its intensity range is read at (see `RANGE_SIDE`)."""
+    return _block_mean(arr, max(arr.shape) // RANGE_SIDE, padding)
+
+
 def _robust_range(path: Path, values: np.ndarray, counts: np.ndarray | None) -> tuple[float, float]:
     """The LOW/HIGH percentiles of `values` (weighted by `counts`), symmetric under negation.
 
     Low is the smallest value with at least q of the pixels at or below it, high the largest with
     at least q at or above it, so MONOCHROME1 and its MONOCHROME2 twin scale identically.
     """
-    if (
-        counts is None
-    ):  # every value once: a plain sort (the weighted path below keeps values and counts paired)
+    if counts is None:  # every value once: a plain sort, where the weighted path keeps pairs together
         values = np.sort(values[np.isfinite(values)])
         counts = np.ones(values.size, dtype=np.int64)
     else:

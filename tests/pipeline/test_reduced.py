@@ -72,6 +72,16 @@ def assert_same_model_input(
     assert error.max() <= 0.3, f"max abs error {error.max():.4f}"
 
 
+def specked_film(top: int = 4095, seed: int = 1) -> np.ndarray:
+    """A 1955 x 1841 phantom whose brightest 0.5 % are single-pixel specks at `top`, as a film's lie in
+    markers and edges, with a flat square of 2200 at rows and columns 100-300."""
+    pixels = phantom(1955, 1841)
+    rng = np.random.default_rng(seed)
+    pixels[rng.integers(0, 1955, 25_000), rng.integers(0, 1841, 25_000)] = top
+    pixels[100:300, 100:300] = 2200
+    return pixels
+
+
 def write(path: Path, pixels: np.ndarray, syntax: str | None = None, **tags) -> Path:
     """A DX file holding `pixels`, compressed with pydicom's encoders when `syntax` is given."""
     ds = _dataset(pixels, bits_stored=12 if pixels.dtype == np.uint16 else 8)
@@ -214,14 +224,10 @@ def test_small_images_are_read_at_full_resolution(tmp_path: Path) -> None:
 def test_full_and_reduced_reads_take_one_intensity_range(tmp_path: Path) -> None:
     """Both reads take the percentiles from the image at `RANGE_SIDE` scale, so a flat region gets one value.
 
-    The brightest 0.5 % here lies in single-pixel specks, as a film's lies in markers and edges: a 4 x 4
-    block mean dilutes them, and a histogram of the full image (or of every other row) does not.
+    A 4 x 4 block mean dilutes the film's bright specks; a histogram of the full image (or of every other
+    row) does not.
     """
-    pixels = phantom(1955, 1841)
-    rng = np.random.default_rng(1)
-    pixels[rng.integers(0, 1955, 25_000), rng.integers(0, 1841, 25_000)] = 4095
-    pixels[100:300, 100:300] = 2200
-    path = write(tmp_path / "film.dcm", pixels)
+    path = write(tmp_path / "film.dcm", specked_film())
     full, reduced = read_image(path), read_image(path, target_size=dicom.RANGE_SIDE)
     assert reduced.reduction == 4
     assert full.pixels[150, 150] == reduced.pixels[150 // 4, 150 // 4]
@@ -342,9 +348,7 @@ def test_a_colour_export_reads_as_its_grey_twin_at_every_scale(tmp_path: Path) -
     """An RGB export of a grey film (as PACS viewers often save one) gives the grey picture's pixels, full
     and reduced: the same 8-bit grey levels, so the same range (before: 0.04 apart in the demo model's
     probabilities on RG1 saved as an RGB JPEG)."""
-    pixels = (phantom(1955, 1841) >> 4).astype(np.uint8)
-    rng = np.random.default_rng(2)
-    pixels[rng.integers(0, 1955, 25_000), rng.integers(0, 1841, 25_000)] = 255
+    pixels = (specked_film(seed=2) >> 4).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "grey.png")
     Image.fromarray(pixels).convert("RGB").save(tmp_path / "colour.png")
     for target in (None, dicom.RANGE_SIDE):
@@ -357,10 +361,7 @@ def test_a_colour_export_reads_as_its_grey_twin_at_every_scale(tmp_path: Path) -
 
 def test_deep_pixels_take_their_range_at_the_same_scale(tmp_path: Path) -> None:
     """The path for 32-bit and float data (and colour DICOM) reads its percentiles from block means too."""
-    pixels = phantom(1955, 1841).astype(np.uint32) * 1000
-    rng = np.random.default_rng(3)
-    pixels[rng.integers(0, 1955, 25_000), rng.integers(0, 1841, 25_000)] = 4095 * 1000
-    pixels[100:300, 100:300] = 2200 * 1000
+    pixels = specked_film(seed=3).astype(np.uint32) * 1000
     ds = _dataset()  # pydicom's set_pixel_data stops at 16 bits
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
